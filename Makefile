@@ -1,0 +1,36 @@
+# The two commands the README opens with work on a fresh machine with only Python 3.11+ and make.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint typecheck unit clean
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "moneykit_async needs Python 3.11 or newer (set PYTHON=python3.11)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+## demo: install the package and run it end to end against the built-in offline sandbox
+demo: $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check .
+	$(BIN)/python -m moneykit_async demo
+
+## test: install with the dev extra, then lint, type-check and run the whole suite with coverage
+test: $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(MAKE) lint typecheck unit
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck:
+	$(BIN)/mypy --strict moneykit_async examples
+
+unit:
+	$(BIN)/coverage erase
+	$(BIN)/coverage run -m pytest -W error
+	$(BIN)/coverage report
+
+clean:
+	rm -rf $(VENV) .coverage .mypy_cache .ruff_cache .pytest_cache dist build

@@ -1,0 +1,107 @@
+"""Settings and their defaults: the API version, the base URL rules, `Timeout`, and the environment."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+from yarl import URL
+
+from ._errors import ConfigurationError
+
+__all__ = [
+    "API_VERSION",
+    "DEFAULT_BASE_URL",
+    "DEFAULT_MAX_CONNECTIONS",
+    "ENV_ACCESS_TOKEN",
+    "ENV_BASE_URL",
+    "ENV_CLIENT_ID",
+    "ENV_CLIENT_SECRET",
+    "Timeout",
+    "resolve_base_url",
+]
+
+API_VERSION = "2023-02-18"
+DEFAULT_BASE_URL = "https://api.moneykit.com"
+DEFAULT_MAX_CONNECTIONS = 100
+
+ENV_CLIENT_ID = "MONEYKIT_CLIENT_ID"
+ENV_CLIENT_SECRET = "MONEYKIT_CLIENT_SECRET"
+ENV_ACCESS_TOKEN = "MONEYKIT_ACCESS_TOKEN"
+ENV_BASE_URL = "MONEYKIT_BASE_URL"
+
+
+def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (value > 0 and math.isfinite(value))
+    ):
+        raise ConfigurationError(
+            f"Timeout.{attribute.name} must be a positive finite number of seconds or None, got {value!r}"
+        )
+
+
+@attrs.frozen(kw_only=True)
+class Timeout:
+    """How long one SDK call may take.
+
+    `total` is one deadline for the whole call: getting the session's own token, every attempt and
+    any wait. `connect` bounds opening one TCP (and TLS) connection, not the wait for a free
+    connection in the pool. None disables a limit. The defaults suit a request path: a token check
+    that takes longer than 10 s is better reported than waited for.
+    """
+
+    total: float | None = attrs.field(default=10.0, validator=_positive_or_none)
+    connect: float | None = attrs.field(default=5.0, validator=_positive_or_none)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_base_url(explicit: str | None, environ: Mapping[str, str], *, allow_insecure_http: bool) -> URL:
+    """The API root to talk to: `explicit`, else $MONEYKIT_BASE_URL, else production.
+
+    Plain http is refused except on loopback (the offline sandbox) unless `allow_insecure_http`,
+    since the bearer token and client secret would cross the network in clear.
+    """
+    raw = explicit if explicit is not None else environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
+    source = (
+        "base_url" if explicit is not None else (ENV_BASE_URL if environ.get(ENV_BASE_URL) else "default")
+    )
+    try:
+        url = URL(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"{source} {raw!r} is not a URL: {exc}") from None
+    if url.user or url.password:
+        # The URL is not echoed: it holds a secret.
+        raise ConfigurationError(f"{source} must not carry credentials; pass client_id/client_secret instead")
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigurationError(
+            f"{source} {raw!r} must be an absolute http(s) URL such as {DEFAULT_BASE_URL!r}"
+        )
+    if url.query_string or url.fragment:
+        raise ConfigurationError(f"{source} must not carry a query or fragment; got {raw!r}")
+    if url.scheme == "http" and not allow_insecure_http and not _is_loopback(url.host):
+        raise ConfigurationError(
+            f"{source} {raw!r} uses plain http to a non-loopback host, which would send tokens in clear; "
+            "use https, or pass allow_insecure_http=True if you really mean it"
+        )
+    # Endpoint paths are joined onto this, so it must end with exactly one slash.
+    return url.with_path(url.path.rstrip("/") + "/")
+
+
+def env_value(environ: Mapping[str, str], name: str) -> str | None:
+    """An environment setting, with empty strings read as unset (as shells and CI often leave them)."""
+    return environ.get(name) or None

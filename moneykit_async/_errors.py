@@ -1,0 +1,235 @@
+"""Every exception moneykit_async raises, and the pure mapping from an HTTP answer to one of them.
+
+    MoneyKitError                      base of everything the SDK raises
+    ├── UsageError                     the caller misused the SDK (nothing was sent)
+    │   ├── ConfigurationError         missing or invalid settings (credentials, base URL, ...)
+    │   ├── InvalidInputError          an argument is unusable, e.g. a token with control characters
+    │   └── SessionClosedError         the session was closed (or not opened in this event loop)
+    ├── APIError                       MoneyKit answered with an error status
+    │   ├── AuthenticationError        401
+    │   │   └── ExpiredAccessTokenError    401 api_error.auth.expired_access_token
+    │   ├── PermissionDeniedError      403
+    │   ├── RateLimitError             429 (retry_after)
+    │   └── ServerError                5xx
+    ├── TransportError                 no usable HTTP answer: connection refused, reset, body cut short
+    │   └── RequestTimeoutError        the call's deadline passed (also a TimeoutError)
+    ├── ResponseValidationError        the answer was not the JSON we expected
+    └── TokenRefreshError              the session could not obtain its own token (cause chained)
+        └── MissingCredentialsError    ... because it has no credentials (also a ConfigurationError)
+
+The split between UsageError ("fix your code or settings") and the rest ("MoneyKit or the network
+misbehaved") follows h11's LocalProtocolError / RemoteProtocolError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+__all__ = [
+    "APIError",
+    "AuthenticationError",
+    "ConfigurationError",
+    "ExpiredAccessTokenError",
+    "InvalidInputError",
+    "MissingCredentialsError",
+    "MoneyKitError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RequestTimeoutError",
+    "ResponseValidationError",
+    "ServerError",
+    "SessionClosedError",
+    "TokenRefreshError",
+    "TransportError",
+    "UsageError",
+    "api_error_from_response",
+]
+
+EXPIRED_ACCESS_TOKEN = "api_error.auth.expired_access_token"
+UNAUTHORIZED = "api_error.auth.unauthorized"
+RATE_LIMIT_EXCEEDED = "api_error.rate_limit_exceeded"
+
+# A server-chosen message is echoed into ours; cap it so a huge error page cannot flood logs.
+_MAX_SERVER_MESSAGE = 300
+
+# The header names MoneyKit and common gateways use to tag a request; the first one present wins.
+REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-moneykit-request-id", "x-amzn-requestid")
+
+
+class MoneyKitError(Exception):
+    """Base class of every exception raised by moneykit_async."""
+
+
+class UsageError(MoneyKitError):
+    """The SDK was used in a way that cannot work; nothing was sent to MoneyKit."""
+
+
+class ConfigurationError(UsageError, ValueError):
+    """Settings are missing or invalid (credentials, base URL, timeouts, limits)."""
+
+
+class InvalidInputError(UsageError, ValueError):
+    """An argument cannot be sent as given (for example a token that is empty or has control characters)."""
+
+
+class SessionClosedError(UsageError, RuntimeError):
+    """The session was closed; create a new `MoneyKitSession`."""
+
+
+class APIError(MoneyKitError):
+    """MoneyKit answered with an error status; `status` and `error_code` say which."""
+
+    hint: ClassVar[str] = "See documentation_url, or the MoneyKit API reference, for this error code."
+
+    def __init__(
+        self,
+        *,
+        status: int,
+        error_code: str | None = None,
+        error_message: str | None = None,
+        documentation_url: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.status = status
+        self.error_code = error_code
+        self.error_message = error_message
+        self.documentation_url = documentation_url
+        self.request_id = request_id
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        what = f"MoneyKit answered HTTP {self.status}"
+        if self.error_code:
+            what += f" {self.error_code}"
+        if self.error_message:
+            message = self.error_message
+            if len(message) > _MAX_SERVER_MESSAGE:
+                message = message[:_MAX_SERVER_MESSAGE] + "..."
+            what += f": {message}"
+        if self.request_id:
+            what += f" (request id {self.request_id})"
+        return f"{what}. {self.hint}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only __init__ would break pickling (multiprocessing, arq) with the default reduce.
+        return (_rebuild_api_error, (type(self), self.__dict__.copy()))
+
+
+def _rebuild_api_error(cls: type[APIError], state: dict[str, Any]) -> APIError:
+    error = cls.__new__(cls)
+    error.__dict__.update(state)
+    Exception.__init__(error, error._describe())
+    return error
+
+
+class AuthenticationError(APIError):
+    """HTTP 401: the access token is invalid, revoked or expired, or the client credentials are wrong."""
+
+    hint = "Check that the token is a current MoneyKit access token for this environment."
+
+
+class ExpiredAccessTokenError(AuthenticationError):
+    """HTTP 401 `api_error.auth.expired_access_token`: the token was valid but has expired."""
+
+    hint = "Obtain a new access token from /auth/token."
+
+
+class PermissionDeniedError(APIError):
+    """HTTP 403: the token is valid but not allowed to do this."""
+
+    hint = "The token lacks a scope or the client is not allowed this action; check the client's scopes."
+
+
+class RateLimitError(APIError):
+    """HTTP 429: too many requests; `retry_after` is the wait in seconds MoneyKit asked for, if any."""
+
+    hint = "Slow down and retry later."
+
+    def __init__(self, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        self.retry_after = retry_after
+        super().__init__(**kwargs)
+
+    def _describe(self) -> str:
+        text = super()._describe()
+        if self.retry_after is not None:
+            text += f" MoneyKit asked to wait {self.retry_after:g} s."
+        return text
+
+
+class ServerError(APIError):
+    """HTTP 5xx: MoneyKit (or a gateway in front of it) failed; usually transient."""
+
+    hint = "This is a problem on MoneyKit's side; retry later."
+
+
+class TransportError(MoneyKitError):
+    """No usable HTTP answer: the connection failed, was reset, or the body was cut short."""
+
+
+class RequestTimeoutError(TransportError, TimeoutError):
+    """The call did not finish within its deadline (`Timeout.total`)."""
+
+
+class ResponseValidationError(MoneyKitError):
+    """MoneyKit's answer was not the JSON this SDK expects; `status` is the HTTP status it came with."""
+
+    def __init__(self, message: str, *, status: int | None = None, request_id: str | None = None) -> None:
+        self.status = status
+        self.request_id = request_id
+        super().__init__(message)
+
+
+class TokenRefreshError(MoneyKitError):
+    """The session could not obtain its own access token; `__cause__` holds the underlying error.
+
+    Raised for the session's own token only, so it tells "my client credentials (or the token endpoint)
+    are broken" apart from "the token I was asked to check is invalid".
+    """
+
+
+class MissingCredentialsError(ConfigurationError, TokenRefreshError):
+    """The session was asked for its own token but has neither client credentials nor an access token."""
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def request_id_of(headers: Mapping[str, str]) -> str | None:
+    """The request id a response carries, if any (headers must be case-insensitive, as aiohttp's are)."""
+    for name in REQUEST_ID_HEADERS:
+        value = headers.get(name)
+        if value:
+            return value
+    return None
+
+
+def api_error_from_response(
+    status: int,
+    body: object,
+    *,
+    request_id: str | None = None,
+    retry_after: float | None = None,
+) -> APIError:
+    """Map an error status and its decoded JSON body (or None when it had none) to the matching exception."""
+    fields: Mapping[str, object] = body if isinstance(body, Mapping) else {}
+    error_code = _text(fields.get("error_code"))
+    kwargs: dict[str, Any] = {
+        "status": status,
+        "error_code": error_code,
+        "error_message": _text(fields.get("error_message")),
+        "documentation_url": _text(fields.get("documentation_url")),
+        "request_id": request_id,
+    }
+    if status == 401:
+        if error_code == EXPIRED_ACCESS_TOKEN:
+            return ExpiredAccessTokenError(**kwargs)
+        return AuthenticationError(**kwargs)
+    if status == 403:
+        return PermissionDeniedError(**kwargs)
+    if status == 429:
+        return RateLimitError(retry_after=retry_after, **kwargs)
+    if status >= 500:
+        return ServerError(**kwargs)
+    return APIError(**kwargs)

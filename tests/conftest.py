@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from moneykit_async import MoneyKitSession
+from moneykit_async.testing import FakeMoneyKit
+
+ENV_VARS = ("MONEYKIT_CLIENT_ID", "MONEYKIT_CLIENT_SECRET", "MONEYKIT_ACCESS_TOKEN", "MONEYKIT_BASE_URL")
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's own MoneyKit settings must never leak into the suite."""
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+async def no_leaked_tasks() -> AsyncIterator[None]:
+    """Fails the test if it leaves a task running (a refresh, a request, a server handler)."""
+    yield
+    current = asyncio.current_task()
+    for _ in range(3):  # let cancelled tasks and closing transports finish their last step
+        await asyncio.sleep(0)
+    pending = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    assert pending == []
+
+
+@pytest.fixture
+async def fake(no_leaked_tasks: None) -> AsyncIterator[FakeMoneyKit]:
+    async with FakeMoneyKit() as server:
+        yield server
+
+
+@pytest.fixture
+async def mk(fake: FakeMoneyKit) -> AsyncIterator[MoneyKitSession]:
+    async with MoneyKitSession(
+        base_url=fake.base_url, client_id=fake.client_id, client_secret=fake.client_secret
+    ) as session:
+        yield session
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A loopback port with nothing listening on it (bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
