@@ -25,9 +25,7 @@ async def open_session() -> AsyncIterator[tuple[MoneyKitSession, FakeMoneyKit | 
         return
     async with (
         FakeMoneyKit() as fake,
-        MoneyKitSession(
-            base_url=fake.base_url, client_id=fake.client_id, client_secret=fake.client_secret
-        ) as mk,
+        MoneyKitSession(base_url=fake.base_url, client_id=fake.client_id, client_secret=fake.client_secret) as mk,
     ):
         yield mk, fake
 

@@ -24,6 +24,7 @@ from ._errors import (
     UsageError,
 )
 from ._models import AccessToken, AccessTokenDetails, App, fingerprint
+from ._retry import RetryPolicy
 from ._session import MoneyKitSession
 from ._version import __version__
 
@@ -43,6 +44,7 @@ __all__ = [
     "RateLimitError",
     "RequestTimeoutError",
     "ResponseValidationError",
+    "RetryPolicy",
     "ServerError",
     "SessionClosedError",
     "Timeout",

@@ -82,9 +82,7 @@ class TokenManager:
             current = asyncio.current_task()
             if task.cancelled() and current is not None and not current.cancelling():
                 # The refresh was cancelled by close(), not this caller: say so instead of a bare cancel.
-                raise SessionClosedError(
-                    "the session was closed while waiting for its access token"
-                ) from None
+                raise SessionClosedError("the session was closed while waiting for its access token") from None
             raise
 
     def invalidate(self, token: AccessToken) -> None:

@@ -16,6 +16,7 @@ __all__ = [
     "API_VERSION",
     "DEFAULT_BASE_URL",
     "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_RESPONSE_BYTES",
     "ENV_ACCESS_TOKEN",
     "ENV_BASE_URL",
     "ENV_CLIENT_ID",
@@ -27,6 +28,8 @@ __all__ = [
 API_VERSION = "2023-02-18"
 DEFAULT_BASE_URL = "https://api.moneykit.com"
 DEFAULT_MAX_CONNECTIONS = 100
+# Introspection answers are a few hundred bytes; anything near this is not MoneyKit talking.
+DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
 
 ENV_CLIENT_ID = "MONEYKIT_CLIENT_ID"
 ENV_CLIENT_SECRET = "MONEYKIT_CLIENT_SECRET"
@@ -37,11 +40,7 @@ ENV_BASE_URL = "MONEYKIT_BASE_URL"
 def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is None:
         return
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not (value > 0 and math.isfinite(value))
-    ):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (value > 0 and math.isfinite(value)):
         raise ConfigurationError(
             f"Timeout.{attribute.name} must be a positive finite number of seconds or None, got {value!r}"
         )
@@ -51,14 +50,20 @@ def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: 
 class Timeout:
     """How long one SDK call may take.
 
-    `total` is one deadline for the whole call: getting the session's own token, every attempt and
-    any wait. `connect` bounds opening one TCP (and TLS) connection, not the wait for a free
-    connection in the pool. None disables a limit. The defaults suit a request path: a token check
-    that takes longer than 10 s is better reported than waited for.
+    - `total`: one deadline for the whole call: getting the session's own token, every attempt and
+      every wait between attempts.
+    - `connect`: opening one TCP (and TLS) connection, not the wait for a free connection in the pool.
+    - `read`: the longest silence while waiting for (or reading) one answer; past it the attempt fails
+      and may be retried within `total`.
+
+    None disables a limit. The defaults suit a request path: a token check that has not finished
+    in 10 s is better reported than waited for, and a connect or a silence of 3 s / 5 s on one
+    attempt is better retried than waited out.
     """
 
     total: float | None = attrs.field(default=10.0, validator=_positive_or_none)
-    connect: float | None = attrs.field(default=5.0, validator=_positive_or_none)
+    connect: float | None = attrs.field(default=3.0, validator=_positive_or_none)
+    read: float | None = attrs.field(default=5.0, validator=_positive_or_none)
 
 
 def _is_loopback(host: str) -> bool:
@@ -77,9 +82,7 @@ def resolve_base_url(explicit: str | None, environ: Mapping[str, str], *, allow_
     since the bearer token and client secret would cross the network in clear.
     """
     raw = explicit if explicit is not None else environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
-    source = (
-        "base_url" if explicit is not None else (ENV_BASE_URL if environ.get(ENV_BASE_URL) else "default")
-    )
+    source = "base_url" if explicit is not None else (ENV_BASE_URL if environ.get(ENV_BASE_URL) else "default")
     try:
         url = URL(raw)
     except (TypeError, ValueError) as exc:
@@ -88,9 +91,7 @@ def resolve_base_url(explicit: str | None, environ: Mapping[str, str], *, allow_
         # The URL is not echoed: it holds a secret.
         raise ConfigurationError(f"{source} must not carry credentials; pass client_id/client_secret instead")
     if url.scheme not in ("http", "https") or not url.host:
-        raise ConfigurationError(
-            f"{source} {raw!r} must be an absolute http(s) URL such as {DEFAULT_BASE_URL!r}"
-        )
+        raise ConfigurationError(f"{source} {raw!r} must be an absolute http(s) URL such as {DEFAULT_BASE_URL!r}")
     if url.query_string or url.fragment:
         raise ConfigurationError(f"{source} must not carry a query or fragment; got {raw!r}")
     if url.scheme == "http" and not allow_insecure_http and not _is_loopback(url.host):

@@ -70,9 +70,7 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook(int, _strict_int)
     converter.register_structure_hook(datetime, _aware_datetime)
     converter.register_structure_hook(App, _app_hook(converter))
-    converter.register_structure_hook(
-        AccessTokenDetails, make_dict_structure_fn(AccessTokenDetails, converter)
-    )
+    converter.register_structure_hook(AccessTokenDetails, make_dict_structure_fn(AccessTokenDetails, converter))
     converter.register_structure_hook(
         AccessToken,
         make_dict_structure_fn(AccessToken, converter, expires_in=override(struct_hook=_lifetime)),

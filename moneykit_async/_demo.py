@@ -26,9 +26,7 @@ def _outcome(result: object) -> str:
 async def run_demo(out: TextIO, *, per_kind: int = 75) -> dict[str, int]:
     """Run the demo, print a summary to `out`, and return the count of outcomes by kind of token."""
     async with FakeMoneyKit() as fake:
-        other = fake.add_client(
-            client_name="Analytics (Sandbox)", app_name="Analytics", scope="institutions:read"
-        )
+        other = fake.add_client(client_name="Analytics (Sandbox)", app_name="Analytics", scope="institutions:read")
         print(f"MoneyKit sandbox listening at {fake.base_url} (offline, in-process)", file=out)
         async with MoneyKitSession(
             base_url=fake.base_url, client_id=fake.client_id, client_secret=fake.client_secret
@@ -59,9 +57,7 @@ async def run_demo(out: TextIO, *, per_kind: int = 75) -> dict[str, int]:
             random.shuffle(tokens)
 
             started = time.perf_counter()
-            results = await asyncio.gather(
-                *(mk.introspect(token) for _, token in tokens), return_exceptions=True
-            )
+            results = await asyncio.gather(*(mk.introspect(token) for _, token in tokens), return_exceptions=True)
             elapsed = time.perf_counter() - started
 
     by_kind: Counter[tuple[str, str]] = Counter(

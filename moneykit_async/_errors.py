@@ -58,7 +58,12 @@ REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-moneykit-request-id", "x-
 
 
 class MoneyKitError(Exception):
-    """Base class of every exception raised by moneykit_async."""
+    """Base class of every exception raised by moneykit_async.
+
+    `retries_taken` counts the retries made before the call gave up with this error.
+    """
+
+    retries_taken: int = 0
 
 
 class UsageError(MoneyKitError):
@@ -164,7 +169,14 @@ class ServerError(APIError):
 
 
 class TransportError(MoneyKitError):
-    """No usable HTTP answer: the connection failed, was reset, or the body was cut short."""
+    """No usable HTTP answer: the connection failed, was reset, or the body was cut short.
+
+    `retryable` is False for failures another attempt cannot fix, such as a TLS certificate error.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        self.retryable = retryable
+        super().__init__(message)
 
 
 class RequestTimeoutError(TransportError, TimeoutError):
@@ -172,7 +184,7 @@ class RequestTimeoutError(TransportError, TimeoutError):
 
 
 class ResponseValidationError(MoneyKitError):
-    """MoneyKit's answer was not the JSON this SDK expects; `status` is the HTTP status it came with."""
+    """MoneyKit's answer was not the JSON this SDK expects (or was too large); `status` is its HTTP status."""
 
     def __init__(self, message: str, *, status: int | None = None, request_id: str | None = None) -> None:
         self.status = status

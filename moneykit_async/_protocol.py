@@ -164,9 +164,7 @@ def _decode_object(what: str, status: int, headers: Mapping[str, str], body: byt
     return data
 
 
-def _validation_error(
-    what: str, status: int, headers: Mapping[str, str], exc: Exception
-) -> ResponseValidationError:
+def _validation_error(what: str, status: int, headers: Mapping[str, str], exc: Exception) -> ResponseValidationError:
     problems = "; ".join(cattrs.transform_error(exc, path="$"))
     return ResponseValidationError(
         f"MoneyKit's answer to {what} does not match the expected schema: {problems}. "
@@ -191,9 +189,7 @@ def parse_token(status: int, headers: Mapping[str, str], body: bytes, *, obtaine
     """Turn a `POST /auth/token` answer (201, or 200) into an AccessToken, or raise the matching error."""
     _raise_for_error(status, headers, body)
     data = _decode_object("POST /auth/token", status, headers, body)
-    wire: dict[str, Any] = {
-        key: data[key] for key in ("access_token", "token_type", "expires_in") if key in data
-    }
+    wire: dict[str, Any] = {key: data[key] for key in ("access_token", "token_type", "expires_in") if key in data}
     wire["obtained_at"] = obtained_at
     try:
         token: AccessToken = _structure_token(wire, AccessToken)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import random
 import ssl
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -17,6 +19,7 @@ from yarl import URL
 from ._auth import OnTokenRefresh, TokenManager
 from ._config import (
     DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_RESPONSE_BYTES,
     ENV_ACCESS_TOKEN,
     ENV_CLIENT_ID,
     ENV_CLIENT_SECRET,
@@ -25,11 +28,15 @@ from ._config import (
     resolve_base_url,
 )
 from ._errors import (
+    RATE_LIMIT_EXCEEDED,
+    APIError,
     ConfigurationError,
     ExpiredAccessTokenError,
     InvalidInputError,
     MoneyKitError,
+    RateLimitError,
     RequestTimeoutError,
+    ResponseValidationError,
     SessionClosedError,
     TransportError,
     UsageError,
@@ -46,8 +53,12 @@ from ._protocol import (
     parse_token,
     token_request,
 )
+from ._retry import RetryBudget, RetryPolicy, retry_delay
 
 __all__ = ["MoneyKitSession"]
+
+logger = logging.getLogger("moneykit_async")
+_T = TypeVar("_T")
 
 _Response = tuple[int, "CIMultiDictProxy[str]", bytes]
 
@@ -72,10 +83,12 @@ class MoneyKitSession:
       refreshes it before it expires (`refresh_skew` seconds early; default the smaller of 60 s and a
       tenth of its lifetime). `client_auth` sends them as HTTP Basic (default) or in the form body.
     - `access_token` only: that token is used as is and never refreshed.
-    - neither: `introspect(token)` still works; `introspect()` raises TokenRefreshError.
+    - neither: `introspect(token)` still works; `introspect()` raises MissingCredentialsError.
     - `session`: borrow your own `aiohttp.ClientSession`; it is never closed by this SDK. Otherwise the
       SDK owns one pool of at most `max_connections` (default 100) connections, created on first use.
     - `timeout`: a `Timeout`, or a number of seconds for `Timeout(total=...)`.
+    - `retry`: a `RetryPolicy` for transient failures (default: 2 retries with jittered backoff).
+    - `max_response_bytes`: larger answers are refused without being read (default 1 MiB).
     - `on_token_refresh`: sync or async callable run once per new token; its errors are logged only.
     - `ssl`: a custom `ssl.SSLContext` (verification stays on); `trust_env`: honour proxy and netrc
       settings from the environment (off by default, so an inherited proxy never sees your tokens).
@@ -91,11 +104,13 @@ class MoneyKitSession:
         scope: str | Iterable[str] | None = None,
         base_url: str | None = None,
         timeout: Timeout | float = Timeout(),  # noqa: B008 - Timeout is frozen, sharing it is safe
+        retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen as well
         max_connections: int | None = None,
         session: aiohttp.ClientSession | None = None,
         on_token_refresh: OnTokenRefresh | None = None,
         client_auth: ClientAuth = "basic",
         refresh_skew: float | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         ssl: ssl.SSLContext | None = None,
         trust_env: bool = False,
         allow_insecure_http: bool = False,
@@ -133,9 +148,7 @@ class MoneyKitSession:
             raise ConfigurationError(f"refresh_skew must be a number of seconds >= 0, got {refresh_skew!r}")
 
         self._client_id = client_id
-        self._credentials = (
-            (client_id, client_secret) if client_id is not None and client_secret is not None else None
-        )
+        self._credentials = (client_id, client_secret) if client_id is not None and client_secret is not None else None
         self._scope = _resolve_scope(scope)
         self._client_auth: ClientAuth = client_auth
         self._tokens = TokenManager(
@@ -146,6 +159,12 @@ class MoneyKitSession:
         )
 
         self._timeout = timeout if isinstance(timeout, Timeout) else Timeout(total=timeout)
+        if not isinstance(retry, RetryPolicy):
+            raise ConfigurationError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
+        self._retry = retry
+        self._budget = RetryBudget(retry.budget)
+        self._rng = random.Random()
+        self._paused_until = 0.0  # loop.time() before which no request is sent (after a 429)
         if session is not None and max_connections is not None:
             raise ConfigurationError(
                 "max_connections sizes the SDK's own pool; with session=, size the connector of your session"
@@ -154,19 +173,24 @@ class MoneyKitSession:
             max_connections = DEFAULT_MAX_CONNECTIONS
         if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
             raise ConfigurationError(f"max_connections must be a whole number >= 1, got {max_connections!r}")
+        if isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int) or max_response_bytes < 1:
+            raise ConfigurationError(f"max_response_bytes must be a whole number >= 1, got {max_response_bytes!r}")
+        _check_ssl(ssl)
         self._max_connections = max_connections
-        self._ssl = ssl
+        self._max_response_bytes = max_response_bytes
         self._trust_env = trust_env
         self._borrowed = session
         self._client: aiohttp.ClientSession | None = session
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._headers = base_headers()
-        # The total deadline is enforced per call with asyncio.timeout (it must also cover waiting for
-        # the token); aiohttp only bounds opening a connection.
+        # The total deadline is enforced per call with asyncio.timeout_at (it must also cover waiting
+        # for the token and between attempts); aiohttp bounds one connect and one silence.
         self._request_options: dict[str, Any] = {
             "allow_redirects": False,  # a redirect must never carry our Authorization header elsewhere
-            "timeout": aiohttp.ClientTimeout(total=None, sock_connect=self._timeout.connect),
+            "timeout": aiohttp.ClientTimeout(
+                total=None, sock_connect=self._timeout.connect, sock_read=self._timeout.read
+            ),
         }
         if ssl is not None:
             self._request_options["ssl"] = ssl
@@ -175,9 +199,7 @@ class MoneyKitSession:
 
     async def __aenter__(self) -> Self:
         if self._closed:
-            raise SessionClosedError(
-                "this MoneyKitSession is closed and cannot be reopened; create a new one"
-            )
+            raise SessionClosedError("this MoneyKitSession is closed and cannot be reopened; create a new one")
         return self
 
     async def __aexit__(
@@ -232,9 +254,7 @@ class MoneyKitSession:
                 trust_env=self._trust_env,
             )
         elif self._loop is not None and self._loop is not asyncio.get_running_loop():
-            raise UsageError(
-                "this MoneyKitSession was first used in another event loop; create one session per loop"
-            )
+            raise UsageError("this MoneyKitSession was first used in another event loop; create one session per loop")
         return client
 
     # -- API ---------------------------------------------------------------------------------------
@@ -243,16 +263,18 @@ class MoneyKitSession:
         """Details of `token`, or of the session's own token when `token` is None.
 
         Checking a given token never mints a token of the session's own. For the session's own token,
-        a 401 `api_error.auth.expired_access_token` triggers one refresh and one replay.
+        a 401 `api_error.auth.expired_access_token` triggers one refresh and one replay. Transient
+        failures are retried per the session's `RetryPolicy`, all within one `Timeout.total`.
         """
         if token is not None:
             token = check_token(token)
         http = self._http()
+        deadline = self._deadline()
         try:
-            async with asyncio.timeout(self._timeout.total):
+            async with asyncio.timeout_at(deadline):
                 if token is not None:
-                    return await self._introspect_token(http, token)
-                return await self._introspect_own(http)
+                    return await self._introspect_token(http, token, deadline)
+                return await self._introspect_own(http, deadline)
         except RequestTimeoutError:
             raise
         except TimeoutError:
@@ -262,44 +284,113 @@ class MoneyKitSession:
         """The session's own access token, minted or refreshed as needed (for use with other APIs)."""
         self._http()
         try:
-            async with asyncio.timeout(self._timeout.total):
+            async with asyncio.timeout_at(self._deadline()):
                 return await self._tokens.get()
         except TimeoutError:
             raise self._timeout_error("POST /auth/token") from None
 
-    async def _introspect_own(self, http: aiohttp.ClientSession) -> AccessTokenDetails:
+    async def _introspect_own(self, http: aiohttp.ClientSession, deadline: float | None) -> AccessTokenDetails:
         own = await self._tokens.get()
         try:
-            return await self._introspect_token(http, own.access_token)
+            return await self._introspect_token(http, own.access_token, deadline)
         except ExpiredAccessTokenError:
             if not self._tokens.can_refresh:
                 raise
+            logger.debug("token %s was rejected as expired; refreshing once and replaying", own.fingerprint)
             self._tokens.invalidate(own)
             fresh = await self._tokens.get()
-            return await self._introspect_token(http, fresh.access_token)
+            return await self._introspect_token(http, fresh.access_token, deadline)
 
-    async def _introspect_token(self, http: aiohttp.ClientSession, token: str) -> AccessTokenDetails:
+    async def _introspect_token(
+        self, http: aiohttp.ClientSession, token: str, deadline: float | None
+    ) -> AccessTokenDetails:
         headers = self._headers.copy()
         headers["Authorization"] = "Bearer " + token
-        status, response_headers, body = await self._send(http, "GET", self._introspect_url, headers)
-        return parse_introspection(status, response_headers, body)
+        return await self._call(http, "GET", self._introspect_url, headers, None, parse_introspection, deadline)
 
     async def _mint(self) -> AccessToken:
         assert self._credentials is not None
         client_id, client_secret = self._credentials
         headers, form = token_request(client_id, client_secret, self._scope, self._client_auth)
         obtained_at = time.monotonic()  # before sending: errs towards refreshing early, never late
+
+        def parse(status: int, response_headers: Mapping[str, str], body: bytes) -> AccessToken:
+            return parse_token(status, response_headers, body, obtained_at=obtained_at)
+
         # The mint runs in its own task (callers wait on it shielded), so it needs its own deadline.
+        deadline = self._deadline()
         try:
-            async with asyncio.timeout(self._timeout.total):
-                status, response_headers, body = await self._send(
-                    self._http(), "POST", self._token_url, headers, form
-                )
+            async with asyncio.timeout_at(deadline):
+                return await self._call(self._http(), "POST", self._token_url, headers, form, parse, deadline)
         except RequestTimeoutError:
             raise
         except TimeoutError:
             raise self._timeout_error("POST /auth/token") from None
-        return parse_token(status, response_headers, body, obtained_at=obtained_at)
+
+    # -- retries -----------------------------------------------------------------------------------
+
+    def _deadline(self) -> float | None:
+        total = self._timeout.total
+        return None if total is None else asyncio.get_running_loop().time() + total
+
+    async def _call(
+        self,
+        http: aiohttp.ClientSession,
+        method: str,
+        url: URL,
+        headers: dict[str, str],
+        form: dict[str, str] | None,
+        parse: Callable[[int, Mapping[str, str], bytes], _T],
+        deadline: float | None,
+    ) -> _T:
+        """One API call: attempts, retry decisions, the session-wide 429 pause and the retry budget."""
+        loop = asyncio.get_running_loop()
+        retries = 0
+        while True:
+            if self._paused_until > loop.time():
+                await self._wait_out_pause(loop, deadline)
+            try:
+                status, response_headers, body = await self._send(http, method, url, headers, form)
+                result = parse(status, response_headers, body)
+            except MoneyKitError as error:
+                time_left = None if deadline is None else deadline - loop.time()
+                delay = retry_delay(self._retry, error, retries, time_left, self._rng)
+                if delay is not None and not self._budget.try_spend():
+                    logger.debug("not retrying %s %s: the session's retry budget is spent", method, url.path)
+                    delay = None
+                if isinstance(error, RateLimitError):
+                    pause = delay if delay is not None else error.retry_after
+                    if pause:
+                        self._paused_until = max(self._paused_until, loop.time() + pause)
+                if delay is None:
+                    error.retries_taken = retries
+                    raise
+                retries += 1
+                logger.debug(
+                    "retrying %s %s (retry %d of %d) in %.3f s after %s",
+                    method,
+                    url.path,
+                    retries,
+                    self._retry.max_retries,
+                    delay,
+                    _reason(error),
+                )
+                await asyncio.sleep(delay)
+                continue
+            self._budget.record_success()
+            return result
+
+    async def _wait_out_pause(self, loop: asyncio.AbstractEventLoop, deadline: float | None) -> None:
+        wait = self._paused_until - loop.time()
+        if wait > self._retry.max_retry_after or (deadline is not None and loop.time() + wait >= deadline):
+            raise RateLimitError(
+                status=429,
+                error_code=RATE_LIMIT_EXCEEDED,
+                error_message="MoneyKit asked this session to slow down for longer than the call's deadline",
+                retry_after=wait,
+            )
+        logger.debug("waiting %.3f s: MoneyKit rate-limited this session", wait)
+        await asyncio.sleep(wait)
 
     # -- transport ---------------------------------------------------------------------------------
 
@@ -312,23 +403,34 @@ class MoneyKitSession:
         form: dict[str, str] | None = None,
     ) -> _Response:
         error: MoneyKitError
+        what = f"{method} {url.path}"
         try:
             async with http.request(method, url, headers=headers, data=form, **self._request_options) as resp:
-                return resp.status, resp.headers, await resp.read()
+                return resp.status, resp.headers, await self._read_body(resp, what)
         except aiohttp.ClientResponseError as exc:
             # Its repr carries our request headers (the token): build ours from safe parts, no chaining.
             error = TransportError(
-                f"MoneyKit's answer to {method} /{url.path.lstrip('/')} could not be read "
-                f"(HTTP {exc.status}: {exc.message}); retry, and report it if it persists"
+                f"MoneyKit's answer to {what} could not be read (HTTP {exc.status}: {exc.message}); "
+                "retry, and report it if it persists"
             )
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise TransportError(
+                f"the TLS certificate of {url.host} could not be verified ({exc.certificate_error}); "
+                "check the base URL, or pass ssl= a context that trusts your CA",
+                retryable=False,
+            ) from None
+        except aiohttp.ConnectionTimeoutError:
+            raise RequestTimeoutError(
+                f"{url.host} did not accept a connection within {self._timeout.connect} s; "
+                "check the network or raise Timeout(connect=...)"
+            ) from None
         except TimeoutError:
             raise RequestTimeoutError(
-                f"MoneyKit at {url.host} did not accept a connection within {self._timeout.connect} s; "
-                "check the network or raise Timeout(connect=...)"
+                f"MoneyKit went silent for {self._timeout.read} s during {what}; retry, or raise Timeout(read=...)"
             ) from None
         except aiohttp.ClientError as exc:
             raise TransportError(
-                f"{method} /{url.path.lstrip('/')} to {url.host} failed: {exc.__class__.__name__}: {exc}; "
+                f"{what} to {url.host} failed: {exc.__class__.__name__}: {exc}; "
                 "check the network and base_url, then retry"
             ) from exc
         except RuntimeError:
@@ -339,8 +441,52 @@ class MoneyKitSession:
             raise
         raise error
 
+    async def _read_body(self, resp: aiohttp.ClientResponse, what: str) -> bytes:
+        cap = self._max_response_bytes
+        length = resp.content_length
+        if length is not None:
+            if length > cap:
+                raise _too_large(what, resp.status, f"{length} bytes announced")
+            return await resp.read()  # aiohttp stops at Content-Length, so this is bounded
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_any():
+            size += len(chunk)
+            if size > cap:
+                raise _too_large(what, resp.status, f"more than {cap} bytes sent")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     def _timeout_error(self, what: str) -> RequestTimeoutError:
         return RequestTimeoutError(
             f"{what} did not complete within the {self._timeout.total} s deadline; "
             "raise Timeout(total=...) or check MoneyKit's status"
+        )
+
+
+def _too_large(what: str, status: int, detail: str) -> ResponseValidationError:
+    return ResponseValidationError(
+        f"MoneyKit's answer to {what} is larger than max_response_bytes ({detail}); it was not read. "
+        "Raise max_response_bytes only if you expect such answers",
+        status=status,
+    )
+
+
+def _reason(error: MoneyKitError) -> str:
+    if isinstance(error, APIError):
+        return f"HTTP {error.status} {error.error_code or type(error).__name__}"
+    return type(error).__name__
+
+
+def _check_ssl(context: object) -> None:
+    if context is None:
+        return
+    if not isinstance(context, ssl.SSLContext):
+        raise ConfigurationError(
+            f"ssl must be an ssl.SSLContext (verification cannot be switched off); got {type(context).__name__}"
+        )
+    if context.verify_mode != ssl.CERT_REQUIRED or not context.check_hostname:
+        raise ConfigurationError(
+            "the ssl context must verify certificates and hostnames (CERT_REQUIRED, check_hostname=True); "
+            "to trust a private CA, load it with context.load_verify_locations()"
         )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
+import ssl
 import time
 import uuid
 from collections import deque
@@ -64,8 +66,14 @@ class RecordedRequest:
 class Fault:
     """A scripted answer for the next request to a path (see `FakeMoneyKit.inject`).
 
-    With `status` None the request is answered normally after `delay` seconds; otherwise with `status`,
-    `json` (default: a MoneyKit-shaped error body for that status) or raw `body`, and `headers`.
+    - `delay`: seconds to wait before answering (latency before headers).
+    - `status` None: answer normally after `delay`. Otherwise answer `status` with `json` (default: a
+      MoneyKit-shaped error body for that status) or the raw `body`, `content_type` and `headers`.
+    - `disconnect`: close the connection without answering at all.
+    - `chunk_delay`: send the body chunked, in `chunk_size`-byte pieces with this pause between them.
+    - `reset_after`: close the connection after this many body bytes (a reset mid-body).
+    - `content_length`: announce this Content-Length whatever the body's size; when it is larger,
+      the connection is closed after the body (a body cut short).
     """
 
     status: int | None = None
@@ -74,6 +82,16 @@ class Fault:
     headers: Mapping[str, str] = attrs.field(factory=dict)
     content_type: str = "application/json"
     delay: float = 0.0
+    disconnect: bool = False
+    chunk_delay: float = 0.0
+    chunk_size: int = 16
+    reset_after: int | None = None
+    content_length: int | None = None
+
+    @property
+    def streams(self) -> bool:
+        """Whether the answer must be written piece by piece rather than as one response."""
+        return bool(self.chunk_delay or self.reset_after is not None or self.content_length is not None)
 
 
 _ERROR_CODES = {
@@ -94,6 +112,11 @@ def error_body(status: int, error_code: str | None = None, message: str | None =
     }
 
 
+def _drop_connection(request: web.Request) -> None:
+    if request.transport is not None:
+        request.transport.close()
+
+
 def _error(status: int, error_code: str, message: str) -> web.Response:
     return web.json_response(error_body(status, error_code, message), status=status)
 
@@ -109,6 +132,7 @@ class FakeMoneyKit:
     It implements `POST /auth/token` (client credentials in the form body or HTTP Basic; 201) and
     `GET /auth/introspect` with MoneyKit's bodies and error codes, records every request, and can
     register clients, mint, expire and revoke tokens, disable clients, and script faults per path.
+    Pass `ssl_context` to serve https (e.g. with a `trustme` test CA).
     """
 
     def __init__(
@@ -119,8 +143,10 @@ class FakeMoneyKit:
         token_lifetime: int = 3600,
         client_id: str = "sandbox_demo_client",
         client_secret: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
+        self.ssl_context = ssl_context
         self.port = port
         self.token_lifetime = token_lifetime
         self.requests: list[RecordedRequest] = []
@@ -131,6 +157,7 @@ class FakeMoneyKit:
         self._faults: dict[str, deque[Fault]] = {}
         self._runner: web.AppRunner | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
+        self._arrived: asyncio.Condition | None = None
         self.demo_client = self.add_client(
             client_id=client_id,
             client_secret=client_secret or "sandbox_secret_" + secrets.token_urlsafe(18),
@@ -142,6 +169,7 @@ class FakeMoneyKit:
 
     async def start(self) -> Self:
         """Start listening (on a free port unless one was given)."""
+        self._arrived = asyncio.Condition()
         app = web.Application(middlewares=[self._middleware])
         app.router.add_post(TOKEN_PATH, self._token)
         app.router.add_get(INTROSPECT_PATH, self._introspect)
@@ -149,7 +177,7 @@ class FakeMoneyKit:
         # servers, so scripted delays never outlive the test that asked for them.
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
+        site = web.TCPSite(runner, self.host, self.port, ssl_context=self.ssl_context)
         try:
             await site.start()
         except BaseException:
@@ -183,7 +211,8 @@ class FakeMoneyKit:
         """Where the fake listens, e.g. http://127.0.0.1:53211."""
         if self._runner is None:
             raise RuntimeError("FakeMoneyKit is not running; use `async with FakeMoneyKit() as fake`")
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     @property
     def client_id(self) -> str:
@@ -251,6 +280,11 @@ class FakeMoneyKit:
         for token in self._tokens:
             self.expire_token(token)
 
+    @property
+    def issued_tokens(self) -> list[str]:
+        """Every token the fake has issued (for tests that check tokens never leak)."""
+        return list(self._tokens)
+
     def inject(self, path: str, *faults: Fault) -> None:
         """Answer the next requests to `path` with `faults`, in order, then normally again."""
         self._faults.setdefault(path, deque()).extend(faults)
@@ -258,10 +292,16 @@ class FakeMoneyKit:
     def count(self, path: str | None = None, *, method: str | None = None) -> int:
         """How many requests arrived (to `path`, with `method`, when given)."""
         return sum(
-            1
-            for r in self.requests
-            if (path is None or r.path == path) and (method is None or r.method == method)
+            1 for r in self.requests if (path is None or r.path == path) and (method is None or r.method == method)
         )
+
+    async def wait_for_requests(self, count: int, path: str | None = None, *, within: float = 5.0) -> None:
+        """Wait until at least `count` requests (to `path`, if given) have arrived; TimeoutError after `within` s."""
+        if self._arrived is None:
+            raise RuntimeError("FakeMoneyKit is not running")
+        condition = self._arrived
+        async with asyncio.timeout(within), condition:
+            await condition.wait_for(lambda: self.count(path) >= count)
 
     def clear_requests(self) -> None:
         """Forget the recorded requests and the in-flight high-water mark."""
@@ -284,6 +324,9 @@ class FakeMoneyKit:
                 at=time.monotonic(),
             )
         )
+        if self._arrived is not None:
+            async with self._arrived:
+                self._arrived.notify_all()
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         task = asyncio.current_task()
@@ -295,27 +338,47 @@ class FakeMoneyKit:
             if fault is not None:
                 if fault.delay:
                     await asyncio.sleep(fault.delay)
+                if fault.disconnect:
+                    _drop_connection(request)
+                    return web.Response(status=500)  # never reaches the client
                 if fault.status is not None:
-                    return self._fault_response(fault)
+                    return await self._fault_response(request, fault)
             response = await handler(request)
         finally:
             self.in_flight -= 1
             if task is not None:
                 self._handlers.discard(task)
-        response.headers["X-Request-Id"] = uuid.uuid4().hex
+        if not response.prepared:
+            response.headers["X-Request-Id"] = uuid.uuid4().hex
         return response
 
     @staticmethod
-    def _fault_response(fault: Fault) -> web.Response:
+    async def _fault_response(request: web.Request, fault: Fault) -> web.StreamResponse:
         assert fault.status is not None
         if fault.body is not None:
             body = fault.body
         else:
             payload = fault.json if fault.json is not None else error_body(fault.status)
-            body = web.json_response(payload).body  # type: ignore[assignment]
-        response = web.Response(status=fault.status, body=body, content_type=fault.content_type)
-        response.headers.update(fault.headers)
-        response.headers["X-Request-Id"] = uuid.uuid4().hex
+            body = json.dumps(payload).encode()
+        headers = {"X-Request-Id": uuid.uuid4().hex, **fault.headers}
+        if not fault.streams:
+            return web.Response(status=fault.status, body=body, content_type=fault.content_type, headers=headers)
+        response = web.StreamResponse(status=fault.status, headers=headers)
+        response.content_type = fault.content_type
+        if fault.content_length is not None:
+            response.content_length = fault.content_length
+        else:
+            response.enable_chunked_encoding()
+        await response.prepare(request)
+        limit = len(body) if fault.reset_after is None else min(fault.reset_after, len(body))
+        for start in range(0, limit, max(1, fault.chunk_size)):
+            await response.write(body[start : min(start + fault.chunk_size, limit)])
+            if fault.chunk_delay:
+                await asyncio.sleep(fault.chunk_delay)
+        if fault.reset_after is not None or (fault.content_length or 0) > len(body):
+            _drop_connection(request)
+            return response
+        await response.write_eof()
         return response
 
     def _credentials(self, request: web.Request, form: Mapping[str, str]) -> tuple[str, str] | None:
@@ -338,11 +401,7 @@ class FakeMoneyKit:
             return _error(400, "api_error.request.invalid", "grant_type must be client_credentials")
         credentials = self._credentials(request, form)
         client = self._clients.get(credentials[0]) if credentials else None
-        if (
-            client is None
-            or credentials is None
-            or not secrets.compare_digest(client.client_secret, credentials[1])
-        ):
+        if client is None or credentials is None or not secrets.compare_digest(client.client_secret, credentials[1]):
             return _error(401, "api_error.auth.unauthorized", "Invalid client credentials.")
         if client.is_disabled():
             return _error(401, "api_error.auth.unauthorized", "This client has been disabled.")

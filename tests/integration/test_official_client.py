@@ -11,9 +11,7 @@ from moneykit.api.access_token_api import AccessTokenApi
 from moneykit_async.testing import FakeMoneyKit
 
 
-def official_roundtrip(
-    base_url: str, client_id: str, client_secret: str, basic: bool
-) -> tuple[str, str, str]:
+def official_roundtrip(base_url: str, client_id: str, client_secret: str, basic: bool) -> tuple[str, str, str]:
     config = moneykit.Configuration(host=base_url)
     if basic:
         config.username, config.password = client_id, client_secret

@@ -18,6 +18,7 @@ from moneykit_async import (
     RateLimitError,
     RequestTimeoutError,
     ResponseValidationError,
+    RetryPolicy,
     ServerError,
     SessionClosedError,
     Timeout,
@@ -112,7 +113,7 @@ async def test_error_answers_become_typed_errors(
     fake: FakeMoneyKit, fault: Fault, cls: type[APIError], code: str | None
 ) -> None:
     fake.inject(INTROSPECT, fault)
-    async with MoneyKitSession(base_url=fake.base_url) as mk:
+    async with MoneyKitSession(base_url=fake.base_url, retry=RetryPolicy(max_retries=0)) as mk:
         with pytest.raises(APIError) as caught:
             await mk.introspect(fake.mint_token())
     assert type(caught.value) is cls
@@ -132,9 +133,7 @@ async def test_error_answers_become_typed_errors(
         (Fault(status=200, json={"client_id": "c", "scope": "s", "app": {}}), "$.client_name"),
     ],
 )
-async def test_unexpected_success_bodies_are_validation_errors(
-    fake: FakeMoneyKit, fault: Fault, fragment: str
-) -> None:
+async def test_unexpected_success_bodies_are_validation_errors(fake: FakeMoneyKit, fault: Fault, fragment: str) -> None:
     fake.inject(INTROSPECT, fault)
     async with MoneyKitSession(base_url=fake.base_url) as mk:
         with pytest.raises(ResponseValidationError) as caught:

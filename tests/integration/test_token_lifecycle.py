@@ -14,6 +14,7 @@ from moneykit_async import (
     ExpiredAccessTokenError,
     MissingCredentialsError,
     MoneyKitSession,
+    RetryPolicy,
     ServerError,
     TokenRefreshError,
     TransportError,
@@ -46,7 +47,7 @@ async def test_refresh_storm_of_500_callers_mints_exactly_once(fake: FakeMoneyKi
 
 async def test_a_failed_refresh_fails_every_waiter_alike_then_recovers(fake: FakeMoneyKit) -> None:
     fake.inject(TOKEN, Fault(status=503, delay=0.1))
-    async with session_for(fake) as mk:
+    async with session_for(fake, retry=RetryPolicy(max_retries=0)) as mk:
         results = await asyncio.gather(*(mk.introspect() for _ in range(200)), return_exceptions=True)
         assert all(isinstance(r, TokenRefreshError) for r in results)
         cause = results[0].__cause__
@@ -106,9 +107,7 @@ async def test_expired_token_is_refreshed_once_and_the_call_replayed(fake: FakeM
 
 
 async def test_a_second_expired_answer_is_raised_not_looped(fake: FakeMoneyKit) -> None:
-    expired = Fault(
-        status=401, json={"error_code": "api_error.auth.expired_access_token", "error_message": "x"}
-    )
+    expired = Fault(status=401, json={"error_code": "api_error.auth.expired_access_token", "error_message": "x"})
     async with session_for(fake) as mk:
         await mk.introspect()
         fake.clear_requests()
@@ -237,9 +236,7 @@ async def test_a_broken_hook_is_logged_and_the_call_succeeds(
     assert token not in caplog.text
 
 
-async def test_environment_configuration_end_to_end(
-    fake: FakeMoneyKit, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_environment_configuration_end_to_end(fake: FakeMoneyKit, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MONEYKIT_BASE_URL", fake.base_url)
     monkeypatch.setenv("MONEYKIT_CLIENT_ID", fake.client_id)
     monkeypatch.setenv("MONEYKIT_CLIENT_SECRET", fake.client_secret)
@@ -247,9 +244,7 @@ async def test_environment_configuration_end_to_end(
         assert (await mk.introspect()).client_id == fake.client_id
 
 
-async def test_environment_access_token_end_to_end(
-    fake: FakeMoneyKit, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_environment_access_token_end_to_end(fake: FakeMoneyKit, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MONEYKIT_BASE_URL", fake.base_url)
     monkeypatch.setenv("MONEYKIT_ACCESS_TOKEN", fake.mint_token())
     async with MoneyKitSession() as mk:

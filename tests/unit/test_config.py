@@ -20,9 +20,7 @@ def test_environment_supplies_what_arguments_do_not(monkeypatch: pytest.MonkeyPa
     session = MoneyKitSession()
     assert session.base_url == "https://sandbox.example.com/v1/"
     assert "env_client" in repr(session)
-    explicit = MoneyKitSession(
-        client_id="arg_client", client_secret="arg_secret", base_url="https://x.example"
-    )
+    explicit = MoneyKitSession(client_id="arg_client", client_secret="arg_secret", base_url="https://x.example")
     assert "arg_client" in repr(explicit) and explicit.base_url == "https://x.example/"
 
 
@@ -92,8 +90,8 @@ def test_scope_may_be_a_list() -> None:
 
 
 def test_timeout_defaults_suit_a_request_path() -> None:
-    assert Timeout() == Timeout(total=10.0, connect=5.0)
-    assert MoneyKitSession(timeout=2.5).timeout == Timeout(total=2.5, connect=5.0)
+    assert Timeout() == Timeout(total=10.0, connect=3.0, read=5.0)
+    assert MoneyKitSession(timeout=2.5).timeout == Timeout(total=2.5, connect=3.0, read=5.0)
     assert Timeout(total=None).total is None
 
 

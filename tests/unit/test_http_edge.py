@@ -17,6 +17,7 @@ from moneykit_async import (
     AuthenticationError,
     MoneyKitSession,
     RequestTimeoutError,
+    RetryPolicy,
     SessionClosedError,
     TransportError,
 )
@@ -57,7 +58,10 @@ def mocked(monkeypatch: pytest.MonkeyPatch) -> Iterator[aioresponses]:
 
 @pytest.fixture
 async def mk() -> AsyncIterator[MoneyKitSession]:
-    async with MoneyKitSession(client_id="cid", client_secret="csecret_xyz") as session:
+    # One attempt per call: each mocked answer is consumed once, retries are tested against a live server.
+    async with MoneyKitSession(
+        client_id="cid", client_secret="csecret_xyz", retry=RetryPolicy(max_retries=0)
+    ) as session:
         yield session
 
 
@@ -76,12 +80,8 @@ async def test_introspect_sends_bearer_and_version_headers(mocked: aioresponses,
     assert call.kwargs["allow_redirects"] is False
 
 
-async def test_token_request_is_form_encoded_client_credentials(
-    mocked: aioresponses, mk: MoneyKitSession
-) -> None:
-    mocked.post(
-        TOKEN, status=201, payload={"access_token": "minted", "token_type": "bearer", "expires_in": 60}
-    )
+async def test_token_request_is_form_encoded_client_credentials(mocked: aioresponses, mk: MoneyKitSession) -> None:
+    mocked.post(TOKEN, status=201, payload={"access_token": "minted", "token_type": "bearer", "expires_in": 60})
     mocked.get(INTROSPECT, payload=DETAILS)
     await mk.introspect()
     (call,) = sent(mocked, "POST", TOKEN)

@@ -230,9 +230,7 @@ def test_long_server_messages_are_truncated() -> None:
 
 
 def token_body(**changes: Any) -> bytes:
-    return json.dumps(
-        {"access_token": "tok_abc", "token_type": "bearer", "expires_in": 3600, **changes}
-    ).encode()
+    return json.dumps({"access_token": "tok_abc", "token_type": "bearer", "expires_in": 3600, **changes}).encode()
 
 
 @pytest.mark.parametrize("status", [200, 201])

@@ -57,9 +57,7 @@ def test_body_client_auth_puts_credentials_in_the_form_only() -> None:
     }
 
 
-@pytest.mark.parametrize(
-    "bad", ["", "zq9\r\nX-Injected: 1", "zq9\n", " zq9", "zq 9", "zq9\x00", "zq9ö", "zq9\t"]
-)
+@pytest.mark.parametrize("bad", ["", "zq9\r\nX-Injected: 1", "zq9\n", " zq9", "zq 9", "zq9\x00", "zq9ö", "zq9\t"])
 def test_unsendable_tokens_are_refused_before_any_io(bad: str) -> None:
     with pytest.raises(InvalidInputError) as caught:
         check_token(bad)
@@ -163,9 +161,7 @@ def test_error_tree() -> None:
 
 
 def test_api_errors_survive_pickling() -> None:
-    error = RateLimitError(
-        status=429, error_code="api_error.rate_limit_exceeded", retry_after=3.0, request_id="r1"
-    )
+    error = RateLimitError(status=429, error_code="api_error.rate_limit_exceeded", retry_after=3.0, request_id="r1")
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is RateLimitError
     assert (copy.status, copy.error_code, copy.retry_after, copy.request_id) == (

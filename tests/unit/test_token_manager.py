@@ -81,9 +81,7 @@ async def test_cached_token_is_reused_until_the_refresh_margin(mint: Mint, clock
     assert mint.calls == 2
 
 
-async def test_a_failed_refresh_reaches_every_waiter_and_does_not_poison_the_next(
-    mint: Mint, clock: Clock
-) -> None:
+async def test_a_failed_refresh_reaches_every_waiter_and_does_not_poison_the_next(mint: Mint, clock: Clock) -> None:
     tokens = manager(mint, clock)
     mint.gate = asyncio.Event()
     mint.fail_with = ServerError(status=503)
@@ -157,9 +155,7 @@ async def test_on_refresh_runs_once_per_new_token(mint: Mint, clock: Clock, make
     assert [t.access_token for t in seen] == ["token-1", "token-2"]
 
 
-async def test_a_failing_hook_is_logged_not_raised(
-    mint: Mint, clock: Clock, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_a_failing_hook_is_logged_not_raised(mint: Mint, clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
     def hook(token: AccessToken) -> None:
         raise RuntimeError("metrics backend down")
 

@@ -1,0 +1,112 @@
+"""Retry decisions without I/O: which failures are retried, how long to wait, and the retry budget.
+
+A retry loop of our own rather than a library: it must share one deadline with token refresh, obey
+Retry-After, pause the whole session on 429 and draw on a session-wide budget, which no generic
+retry decorator models. The loop itself (in `_session`) only sleeps and calls these functions.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any, Final
+
+import attrs
+
+from ._errors import APIError, ConfigurationError, MoneyKitError, RateLimitError, TransportError
+
+__all__ = ["RetryBudget", "RetryPolicy", "backoff_delay", "is_retryable", "retry_delay"]
+
+RETRYABLE_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def _non_negative_int(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(f"RetryPolicy.{attribute.name} must be a whole number >= 0, got {value!r}")
+
+
+def _non_negative_seconds(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (value >= 0 and math.isfinite(value)):
+        raise ConfigurationError(f"RetryPolicy.{attribute.name} must be a finite number of seconds >= 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """How failed calls are retried; pass as `MoneyKitSession(retry=RetryPolicy(...))`.
+
+    - `max_retries`: retries after the first attempt (0 disables retrying).
+    - `backoff_base`, `backoff_max`: exponential backoff with full jitter: the n-th retry waits a random
+      time up to min(backoff_max, backoff_base * 2**n).
+    - `max_retry_after`: the longest Retry-After obeyed; a longer ask raises `RateLimitError` at once.
+    - `budget`: retries a session may make before it must see successes again (each success earns
+      back a tenth of a retry), so a hard outage does not multiply load by 1 + max_retries.
+
+    Retried: connection failures and resets, timeouts of one attempt, and HTTP 408, 429, 500, 502, 503,
+    504. Never retried: other statuses, TLS certificate failures, invalid input, cancellation.
+    """
+
+    max_retries: int = attrs.field(default=2, validator=_non_negative_int)
+    backoff_base: float = attrs.field(default=0.5, validator=_non_negative_seconds)
+    backoff_max: float = attrs.field(default=8.0, validator=_non_negative_seconds)
+    max_retry_after: float = attrs.field(default=30.0, validator=_non_negative_seconds)
+    budget: int = attrs.field(default=100, validator=_non_negative_int)
+
+
+def is_retryable(error: MoneyKitError) -> bool:
+    """Whether another attempt could succeed where this one failed."""
+    if isinstance(error, APIError):
+        return error.status in RETRYABLE_STATUSES
+    if isinstance(error, TransportError):
+        return error.retryable
+    return False
+
+
+def backoff_delay(policy: RetryPolicy, retry: int, rng: random.Random) -> float:
+    """Full-jitter exponential backoff for the `retry`-th retry (0-based)."""
+    ceiling = min(policy.backoff_max, policy.backoff_base * 2.0 ** min(retry, 32))
+    return rng.uniform(0.0, ceiling)
+
+
+def retry_delay(
+    policy: RetryPolicy, error: MoneyKitError, retries_done: int, time_left: float | None, rng: random.Random
+) -> float | None:
+    """Seconds to wait before retrying after `error`, or None to give up and raise it.
+
+    Gives up when retries are exhausted, the error is final, the server asks for a wait longer than
+    `max_retry_after`, or the wait would outlast the call's deadline (`time_left`).
+    """
+    if retries_done >= policy.max_retries or not is_retryable(error):
+        return None
+    if isinstance(error, RateLimitError) and error.retry_after is not None:
+        if error.retry_after > policy.max_retry_after:
+            return None
+        delay = error.retry_after
+    else:
+        delay = backoff_delay(policy, retries_done, rng)
+    if time_left is not None and delay >= time_left:
+        return None
+    return delay
+
+
+class RetryBudget:
+    """A token bucket of retries shared by a session, in the spirit of botocore's retry quota.
+
+    Each retry spends one unit; each success earns back `refill` units, up to `capacity`. When the
+    bucket is empty, failures are raised at once instead of retried, so a hard outage costs about
+    one request per call rather than 1 + max_retries.
+    """
+
+    def __init__(self, capacity: int, refill: float = 0.1) -> None:
+        self.capacity = float(capacity)
+        self.refill = refill
+        self.available = float(capacity)
+
+    def try_spend(self) -> bool:
+        """Take one retry from the bucket; False when it is empty."""
+        if self.available < 1.0:
+            return False
+        self.available -= 1.0
+        return True
+
+    def record_success(self) -> None:
+        self.available = min(self.capacity, self.available + self.refill)
