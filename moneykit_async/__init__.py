@@ -4,6 +4,8 @@ async with MoneyKitSession(client_id=..., client_secret=...) as mk:
     details = await mk.introspect(token)
 """
 
+from ._batch import BatchResults, ClientDisabledError, IntrospectionResult
+from ._cache import IntrospectionCache
 from ._config import Timeout
 from ._errors import (
     APIError,
@@ -23,6 +25,7 @@ from ._errors import (
     TransportError,
     UsageError,
 )
+from ._events import Event, RateLimitPaused, RequestFinished, RequestStarted, RetryScheduled, TokenRefreshed
 from ._models import AccessToken, AccessTokenDetails, App, fingerprint
 from ._retry import RetryPolicy
 from ._session import MoneyKitSession
@@ -34,21 +37,31 @@ __all__ = [
     "AccessTokenDetails",
     "App",
     "AuthenticationError",
+    "BatchResults",
+    "ClientDisabledError",
     "ConfigurationError",
+    "Event",
     "ExpiredAccessTokenError",
+    "IntrospectionCache",
+    "IntrospectionResult",
     "InvalidInputError",
     "MissingCredentialsError",
     "MoneyKitError",
     "MoneyKitSession",
     "PermissionDeniedError",
     "RateLimitError",
+    "RateLimitPaused",
+    "RequestFinished",
+    "RequestStarted",
     "RequestTimeoutError",
     "ResponseValidationError",
     "RetryPolicy",
+    "RetryScheduled",
     "ServerError",
     "SessionClosedError",
     "Timeout",
     "TokenRefreshError",
+    "TokenRefreshed",
     "TransportError",
     "UsageError",
     "__version__",

@@ -53,17 +53,17 @@ class Timeout:
     - `total`: one deadline for the whole call: getting the session's own token, every attempt and
       every wait between attempts.
     - `connect`: opening one TCP (and TLS) connection, not the wait for a free connection in the pool.
-    - `read`: the longest silence while waiting for (or reading) one answer; past it the attempt fails
-      and may be retried within `total`.
+    - `attempt`: the longest one attempt (connect, send, wait, read) may take; past it the attempt is
+      abandoned and may be retried within `total`.
 
     None disables a limit. The defaults suit a request path: a token check that has not finished
-    in 10 s is better reported than waited for, and a connect or a silence of 3 s / 5 s on one
-    attempt is better retried than waited out.
+    in 10 s is better reported than waited for, and a connect of 3 s or an attempt of 5 s is better
+    retried than waited out.
     """
 
     total: float | None = attrs.field(default=10.0, validator=_positive_or_none)
     connect: float | None = attrs.field(default=3.0, validator=_positive_or_none)
-    read: float | None = attrs.field(default=5.0, validator=_positive_or_none)
+    attempt: float | None = attrs.field(default=5.0, validator=_positive_or_none)
 
 
 def _is_loopback(host: str) -> bool:

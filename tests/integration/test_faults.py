@@ -32,7 +32,7 @@ from moneykit_async.testing import FakeMoneyKit, Fault
 
 INTROSPECT = "/auth/introspect"
 FAST_RETRY = RetryPolicy(max_retries=2, backoff_base=0.01, backoff_max=0.05)
-TIMEOUT = Timeout(total=3.0, connect=1.0, read=0.5)
+TIMEOUT = Timeout(total=3.0, connect=1.0, attempt=0.5)
 BIG = 2 * 1024 * 1024
 
 
@@ -72,7 +72,8 @@ def twice(fault: Fault) -> list[Fault]:
 MATRIX = [
     Row("503 burst then 200", lambda f: [Fault(status=503), Fault(status=503)], None, 3),
     Row("503 persists", lambda f: [Fault(status=503)] * 3, ServerError, 3),
-    Row("500, 502, 504 then 200", lambda f: [Fault(status=500), Fault(status=502)], None, 3),
+    Row("500, 502 then 200", lambda f: [Fault(status=500), Fault(status=502)], None, 3),
+    Row("504 then 200", lambda f: [Fault(status=504)], None, 2),
     Row("408 then 200", lambda f: [Fault(status=408)], None, 2),
     Row("429 delta-seconds", lambda f: [Fault(status=429, headers={"Retry-After": "0.3"})], None, 2, min_elapsed=0.3),
     Row("429 HTTP-date", lambda f: [Fault(status=429, headers={"Retry-After": http_date(1)})], None, 2),
@@ -209,7 +210,7 @@ async def test_fault_matrix(fake: FakeMoneyKit, mk: MoneyKitSession, row: Row) -
 
 async def test_latency_beyond_the_deadline_fails_fast(fake: FakeMoneyKit) -> None:
     fake.inject(INTROSPECT, *[Fault(delay=5.0)] * 3)
-    async with MoneyKitSession(base_url=fake.base_url, timeout=Timeout(total=0.5, read=None)) as mk:
+    async with MoneyKitSession(base_url=fake.base_url, timeout=Timeout(total=0.5, attempt=None)) as mk:
         started = time.monotonic()
         with pytest.raises(RequestTimeoutError):
             await mk.introspect(fake.mint_token())
@@ -289,7 +290,7 @@ async def test_retries_are_logged_at_debug(fake: FakeMoneyKit, caplog: pytest.Lo
 
 async def test_cancellation_is_never_retried(fake: FakeMoneyKit) -> None:
     fake.inject(INTROSPECT, Fault(delay=5.0), Fault(delay=5.0))
-    async with MoneyKitSession(base_url=fake.base_url, timeout=Timeout(total=30, read=None)) as mk:
+    async with MoneyKitSession(base_url=fake.base_url, timeout=Timeout(total=30, attempt=None)) as mk:
         task = asyncio.create_task(mk.introspect(fake.mint_token()))
         await fake.wait_for_requests(1, INTROSPECT)
         task.cancel()

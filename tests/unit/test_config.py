@@ -90,8 +90,8 @@ def test_scope_may_be_a_list() -> None:
 
 
 def test_timeout_defaults_suit_a_request_path() -> None:
-    assert Timeout() == Timeout(total=10.0, connect=3.0, read=5.0)
-    assert MoneyKitSession(timeout=2.5).timeout == Timeout(total=2.5, connect=3.0, read=5.0)
+    assert Timeout() == Timeout(total=10.0, connect=3.0, attempt=5.0)
+    assert MoneyKitSession(timeout=2.5).timeout == Timeout(total=2.5, connect=3.0, attempt=5.0)
     assert Timeout(total=None).total is None
 
 

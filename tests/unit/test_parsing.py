@@ -262,3 +262,22 @@ def test_token_rejection_maps_to_authentication_error() -> None:
     body = json.dumps({"error_code": "api_error.auth.unauthorized", "error_message": "Bad creds"}).encode()
     with pytest.raises(AuthenticationError):
         parse_token(401, JSON_HEADERS, body, obtained_at=0.0)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [json.dumps(DOC_EXAMPLE).encode(), b"[1]", b"\xff", b'{"client_id": "a",'],
+    ids=["object", "list", "bad-utf8", "truncated"],
+)
+def test_the_stdlib_json_fallback_behaves_like_orjson(raw: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the `speed` extra, the standard json module must give the same results and errors."""
+    from moneykit_async import _protocol
+
+    outcomes = []
+    for loads in (_protocol._loads, json.loads):
+        monkeypatch.setattr(_protocol, "_loads", loads)
+        try:
+            outcomes.append(introspect(raw))
+        except ResponseValidationError as exc:
+            outcomes.append(type(exc))
+    assert outcomes[0] == outcomes[1]

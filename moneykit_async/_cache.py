@@ -1,0 +1,135 @@
+"""`IntrospectionCache`: opt-in, bounded, coalescing cache of successful introspections.
+
+A cache of our own rather than a library: it must coalesce concurrent misses into one request,
+key on a hash of the token (never the token), and expire entries at the earlier of the TTL and the
+moment MoneyKit says the client is disabled; `functools.lru_cache` and friends do none of that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from ._errors import ConfigurationError
+from ._models import AccessTokenDetails
+
+__all__ = ["IntrospectionCache"]
+
+
+def _key(token: str) -> bytes:
+    return hashlib.blake2b(token.encode(), digest_size=16).digest()
+
+
+class IntrospectionCache:
+    """Remembers successful introspections for at most `ttl` seconds, `max_size` tokens (LRU).
+
+    Pass it as `MoneyKitSession(introspection_cache=IntrospectionCache(ttl=30, max_size=10_000))`.
+    Concurrent introspections of the same token share one request; errors are never cached; an entry
+    never outlives the client's `disabled_at`. Keys are BLAKE2b hashes of tokens, so the cache holds
+    no token. `clock` (default `time.monotonic`) and `wall_clock` exist for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        ttl: float = 30.0,
+        max_size: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not (ttl > 0 and math.isfinite(ttl)):
+            raise ConfigurationError(f"IntrospectionCache ttl must be a positive number of seconds, got {ttl!r}")
+        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
+            raise ConfigurationError(f"IntrospectionCache max_size must be a whole number >= 1, got {max_size!r}")
+        self.ttl = float(ttl)
+        self.max_size = max_size
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._entries: OrderedDict[bytes, tuple[AccessTokenDetails, float]] = OrderedDict()
+        self._inflight: dict[bytes, asyncio.Task[AccessTokenDetails]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"IntrospectionCache(ttl={self.ttl:g}, max_size={self.max_size}, size={len(self._entries)})"
+
+    def get(self, token: str) -> AccessTokenDetails | None:
+        """The cached, still fresh details of `token`, or None."""
+        return self._lookup(_key(token))
+
+    def invalidate(self, token: str) -> None:
+        """Forget `token` (e.g. after learning it was revoked)."""
+        self._entries.pop(_key(token), None)
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        self._entries.clear()
+
+    def _lookup(self, key: bytes) -> AccessTokenDetails | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        details, expires_at = entry
+        if self._clock() >= expires_at:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return details
+
+    def _store(self, key: bytes, details: AccessTokenDetails) -> None:
+        expires_at = self._clock() + self.ttl
+        if details.disabled_at is not None:
+            until_disabled = (details.disabled_at - self._wall_clock()).total_seconds()
+            if until_disabled <= 0:
+                return  # already disabled: always ask again
+            expires_at = min(expires_at, self._clock() + until_disabled)
+        self._entries[key] = (details, expires_at)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_size:
+            self._entries.popitem(last=False)
+
+    async def fetch(self, token: str, load: Callable[[], Awaitable[AccessTokenDetails]]) -> AccessTokenDetails:
+        """The details of `token` from the cache, or from `load()`, run once however many callers wait."""
+        key = _key(token)
+        details = self._lookup(key)
+        if details is not None:
+            self.hits += 1
+            return details
+        task = self._inflight.get(key)
+        if task is None:
+            self.misses += 1
+            # A task of its own, so one caller's cancellation or deadline never fails the others.
+            task = asyncio.get_running_loop().create_task(self._load(key, load))
+            task.add_done_callback(_retrieve_exception)
+            self._inflight[key] = task
+        return await asyncio.shield(task)
+
+    async def _load(self, key: bytes, load: Callable[[], Awaitable[AccessTokenDetails]]) -> AccessTokenDetails:
+        try:
+            details = await load()
+            self._store(key, details)
+            return details
+        finally:
+            self._inflight.pop(key, None)
+
+    async def aclose(self) -> None:
+        """Cancel loads in flight (when the session closes)."""
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+
+def _retrieve_exception(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()

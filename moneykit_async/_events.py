@@ -1,0 +1,88 @@
+"""Observability: small frozen events a session reports to `MoneyKitSession(on_event=...)`.
+
+Events carry token fingerprints, never tokens. The hook is called synchronously on the event loop,
+so it must be quick (count, observe a histogram, log); an exception in it is logged, never raised.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import attrs
+
+__all__ = [
+    "Event",
+    "OnEvent",
+    "RateLimitPaused",
+    "RequestFinished",
+    "RequestStarted",
+    "RetryScheduled",
+    "TokenRefreshed",
+    "emit",
+]
+
+logger = logging.getLogger("moneykit_async")
+
+
+@attrs.frozen
+class RequestStarted:
+    """An attempt at an HTTP request is about to be sent (`attempt` counts from 1)."""
+
+    method: str
+    path: str
+    attempt: int
+    fingerprint: str | None
+
+
+@attrs.frozen
+class RequestFinished:
+    """An attempt ended: `status` is the HTTP status (None when no answer came), `error` the error's
+    class name when it failed, `elapsed` its duration in seconds."""
+
+    method: str
+    path: str
+    attempt: int
+    status: int | None
+    elapsed: float
+    error: str | None
+    fingerprint: str | None
+
+
+@attrs.frozen
+class RetryScheduled:
+    """A failed attempt will be retried after `delay` seconds because of `reason`."""
+
+    method: str
+    path: str
+    attempt: int
+    delay: float
+    reason: str
+    fingerprint: str | None
+
+
+@attrs.frozen
+class RateLimitPaused:
+    """MoneyKit rate-limited the session: no request is sent for `delay` seconds."""
+
+    delay: float
+
+
+@attrs.frozen
+class TokenRefreshed:
+    """The session obtained a new access token of its own."""
+
+    fingerprint: str
+    expires_in: int | None
+
+
+Event = RequestStarted | RequestFinished | RetryScheduled | RateLimitPaused | TokenRefreshed
+OnEvent = Callable[[Event], object]
+
+
+def emit(hook: OnEvent, event: Event) -> None:
+    """Call the user's hook; a broken hook must never break the request path."""
+    try:
+        hook(event)
+    except Exception:
+        logger.exception("on_event hook failed for %s", type(event).__name__)
