@@ -30,6 +30,7 @@ typecheck:
 unit:
 	$(BIN)/coverage erase
 	$(BIN)/coverage run -m pytest -W error
+	$(BIN)/coverage combine --quiet
 	$(BIN)/coverage report
 
 ## bench: the side-by-side benchmark (raw aiohttp, this SDK, httpx, the official client); see benchmarks/

@@ -4,6 +4,8 @@ async with MoneyKitSession(client_id=..., client_secret=...) as mk:
     details = await mk.introspect(token)
 """
 
+import logging
+
 from ._batch import BatchResults, ClientDisabledError, IntrospectionResult
 from ._cache import IntrospectionCache
 from ._config import Timeout
@@ -67,3 +69,7 @@ __all__ = [
     "__version__",
     "fingerprint",
 ]
+
+# A library leaves logging set-up to the application: without this, Python's last-resort handler
+# would print our WARNING records to stderr in programs that never configured logging.
+logging.getLogger("moneykit_async").addHandler(logging.NullHandler())

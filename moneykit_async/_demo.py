@@ -1,30 +1,29 @@
-"""`python -m moneykit_async demo`: the SDK end to end against the offline sandbox, in a few seconds."""
+"""`moneykit-async demo`: the SDK end to end against the offline sandbox, in a few seconds."""
 
 from __future__ import annotations
 
-import asyncio
+import io
+import json
 import random
 import secrets
 import time
 from collections import Counter
 from typing import TextIO
 
-from ._errors import MoneyKitError
 from ._session import MoneyKitSession
 from .testing import FakeMoneyKit
 
 __all__ = ["run_demo"]
 
 
-def _outcome(result: object) -> str:
-    if isinstance(result, MoneyKitError):
-        code = getattr(result, "error_code", None)
-        return f"{type(result).__name__}" + (f" ({code})" if code else "")
-    return "valid"
-
-
 async def run_demo(out: TextIO, *, per_kind: int = 75) -> dict[str, int]:
-    """Run the demo, print a summary to `out`, and return the count of outcomes by kind of token."""
+    """Run the demo, print a summary to `out`, and return the count of outcomes by kind of token.
+
+    It uses the same machinery as `moneykit-async check`: tokens are read as lines and checked with
+    `introspect_many`; the summary counts outcomes per kind of token the sandbox was told to make.
+    """
+    from ._cli import run_check, summary
+
     async with FakeMoneyKit() as fake:
         other = fake.add_client(client_name="Analytics (Sandbox)", app_name="Analytics", scope="institutions:read")
         print(f"MoneyKit sandbox listening at {fake.base_url} (offline, in-process)", file=out)
@@ -56,20 +55,22 @@ async def run_demo(out: TextIO, *, per_kind: int = 75) -> dict[str, int]:
                 tokens.append(("garbage", "not_a_token_" + secrets.token_hex(8)))
             random.shuffle(tokens)
 
-            started = time.perf_counter()
-            results = await asyncio.gather(*(mk.introspect(token) for _, token in tokens), return_exceptions=True)
-            elapsed = time.perf_counter() - started
+            lines = io.StringIO("".join(token + "\n" for _, token in tokens))
+            records = io.StringIO()
+            started = time.monotonic()
+            outcomes = await run_check(mk, lines, records, io.StringIO(), concurrency=64)
+            elapsed = time.monotonic() - started
 
-    by_kind: Counter[tuple[str, str]] = Counter(
-        (kind, _outcome(result)) for (kind, _), result in zip(tokens, results, strict=True)
-    )
+    by_kind: Counter[tuple[str, str]] = Counter()
+    for (kind, _), record in zip(tokens, records.getvalue().splitlines(), strict=True):
+        data = json.loads(record)
+        by_kind[(kind, "valid" if data["ok"] else str(data["error_code"]))] += 1
     print(
-        f"Checked {len(tokens)} tokens concurrently in {elapsed:.2f} s "
-        f"({len(tokens) / elapsed:,.0f} tokens/s) over one connection pool:",
-        file=out,
+        f"Checked {len(tokens)} tokens with introspect_many (concurrency 64), as `moneykit-async check` does:", file=out
     )
     for (kind, outcome), n in sorted(by_kind.items()):
         print(f"  {kind:<8} {n:>4}  -> {outcome}", file=out)
+    print(summary(outcomes, elapsed), file=out)
     print(
         f"The sandbox saw {fake.count('/auth/token')} token request(s) and "
         f"{fake.count('/auth/introspect')} introspection(s).",

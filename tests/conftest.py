@@ -30,9 +30,9 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
 
 
 @pytest.fixture
-async def fake(no_leaked_tasks: None) -> AsyncIterator[FakeMoneyKit]:
-    async with FakeMoneyKit() as server:
-        yield server
+def fake(no_leaked_tasks: None, moneykit_fake: FakeMoneyKit) -> FakeMoneyKit:
+    """Our suite uses the same pytest plugin fixture our users get (`moneykit_fake`), plus a leak check."""
+    return moneykit_fake
 
 
 @pytest.fixture

@@ -1,25 +1,45 @@
-"""The README's commands and the examples, run as a user would run them."""
+"""The README's commands and the examples, run as a user would run them, against the offline sandbox."""
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import io
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from types import ModuleType
 
+import aiohttp
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from moneykit_async import IntrospectionCache, MoneyKitSession, RetryPolicy
 from moneykit_async._demo import run_demo
+from moneykit_async.testing import FakeMoneyKit, Fault
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("MONEYKIT_")}
+
+
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MONEYKIT_")}
     return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, *args], cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=120, check=False
     )
+
+
+def load_example(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.slow
@@ -36,6 +56,7 @@ def test_demo_command_prints_a_summary() -> None:
     result = run("-m", "moneykit_async", "demo")
     assert result.returncode == 0, result.stderr
     assert "Minted an access token for sandbox_demo_client" in result.stdout
+    assert "checked 300 tokens" in result.stdout
     assert "The sandbox saw 1 token request(s) and 301 introspection(s)." in result.stdout
     assert "sandbox_secret_" not in result.stdout + result.stderr
 
@@ -45,8 +66,141 @@ async def test_demo_outcomes_match_the_kinds_of_token() -> None:
     counts = await run_demo(out, per_kind=10)
     assert counts == {
         "valid:valid": 10,
-        "expired:ExpiredAccessTokenError (api_error.auth.expired_access_token)": 10,
-        "revoked:AuthenticationError (api_error.auth.unauthorized)": 10,
-        "garbage:AuthenticationError (api_error.auth.unauthorized)": 10,
+        "expired:api_error.auth.expired_access_token": 10,
+        "revoked:api_error.auth.unauthorized": 10,
+        "garbage:api_error.auth.unauthorized": 10,
     }
-    assert "Checked 40 tokens concurrently" in out.getvalue()
+    assert "checked 40 tokens" in out.getvalue()
+
+
+# -- examples/web_service.py -----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def service(fake: FakeMoneyKit) -> AsyncIterator[TestClient[aiohttp.web.Request, aiohttp.web.Application]]:
+    example = load_example("web_service")
+    session = MoneyKitSession(
+        base_url=fake.base_url,
+        introspection_cache=IntrospectionCache(ttl=30),
+        retry=RetryPolicy(max_retries=0),
+    )
+    async with TestClient(TestServer(example.make_app(session))) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "message"),
+    [
+        ("valid", 200, None),
+        ("missing", 401, "missing bearer token"),
+        ("not-bearer", 401, "missing bearer token"),
+        ("expired", 401, "token expired"),
+        ("revoked", 401, "invalid token"),
+        ("garbage", 401, "invalid token"),
+        ("disabled", 401, "client disabled"),
+        ("narrow-scope", 403, "lacks the 'link:data:read' scope"),
+        ("moneykit-down", 503, "authorization service unavailable"),
+    ],
+)
+async def test_web_service_authenticates_each_request(
+    fake: FakeMoneyKit,
+    service: TestClient[aiohttp.web.Request, aiohttp.web.Application],
+    case: str,
+    status: int,
+    message: str | None,
+) -> None:
+    token = fake.mint_token()
+    headers = {"Authorization": f"Bearer {token}"}
+    if case == "missing":
+        headers = {}
+    elif case == "not-bearer":
+        headers = {"Authorization": f"Basic {token}"}
+    elif case == "expired":
+        fake.expire_token(token)
+    elif case == "revoked":
+        fake.revoke_token(token)
+    elif case == "garbage":
+        headers = {"Authorization": "Bearer nope"}
+    elif case == "disabled":
+        fake.disable_client()
+    elif case == "narrow-scope":
+        headers = {"Authorization": f"Bearer {fake.mint_token(fake.add_client(scope='institutions:read').client_id)}"}
+    elif case == "moneykit-down":
+        fake.inject("/auth/introspect", Fault(status=503))
+    response = await service.get("/accounts", headers=headers)
+    assert response.status == status
+    body = await response.json()
+    if message is None:
+        assert body["client_id"] == fake.client_id
+    else:
+        assert message in body["error"]
+    if status == 401:
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_web_service_caches_introspections(
+    fake: FakeMoneyKit, service: TestClient[aiohttp.web.Request, aiohttp.web.Application]
+) -> None:
+    headers = {"Authorization": f"Bearer {fake.mint_token()}"}
+    responses = await asyncio.gather(*(service.get("/accounts", headers=headers) for _ in range(50)))
+    assert {r.status for r in responses} == {200}
+    assert fake.count("/auth/introspect") == 1
+
+
+@pytest.mark.slow
+def test_web_service_example_runs() -> None:
+    result = run("examples/web_service.py")
+    assert result.returncode == 0, result.stderr
+    assert "valid token        -> 200" in result.stdout
+    assert "missing scope      -> 403" in result.stdout
+    assert "no token           -> 401" in result.stdout
+    assert "MoneyKit saw 4 introspections for 6 requests" in result.stdout
+
+
+# -- examples/worker.py, batch_check.py, metrics.py ------------------------------------------------
+
+
+@pytest.mark.slow
+def test_worker_refreshes_in_the_background_and_stops_cleanly_on_sigterm() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "examples/worker.py"],
+        cwd=ROOT,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    seen: list[str] = []
+    try:
+        while sum("refreshed token" in line for line in seen) < 2:  # the first mint, then a renewal
+            line = process.stdout.readline()
+            assert line, "worker exited early: " + "".join(seen)
+            seen.append(line)
+    finally:
+        process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "shut down cleanly after" in out
+    assert sum("job" in line and "ok (" in line for line in seen + out.splitlines()) >= 1
+    assert err == ""  # no warnings, no unclosed sessions
+
+
+@pytest.mark.slow
+def test_batch_check_example(tmp_path: Path) -> None:
+    result = run("examples/batch_check.py")
+    assert result.returncode == 0, result.stderr
+    assert "checked 520 tokens from tokens.txt: valid 500, AuthenticationError 20" in result.stdout
+
+
+@pytest.mark.slow
+def test_metrics_example_turns_events_into_metrics() -> None:
+    result = run("examples/metrics.py")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert 'moneykit_requests_total{path="/auth/introspect",status="200"} 51' in lines
+    assert 'moneykit_requests_total{path="/auth/introspect",status="401"} 1' in lines
+    assert 'moneykit_requests_total{path="/auth/token",status="201"} 1' in lines
+    assert any(line.startswith('moneykit_retries_total{reason="HTTP 503') for line in lines)
+    assert "moneykit_rate_limit_paused_seconds_total 0.1" in lines
+    assert "moneykit_token_refreshes_total 1" in lines

@@ -40,6 +40,7 @@ class FakeClient:
     disabled_at: datetime | None = None
 
     def is_disabled(self) -> bool:
+        """True once `disabled_at` has passed."""
         return self.disabled_at is not None and self.disabled_at <= datetime.now(UTC)
 
 

@@ -1,0 +1,60 @@
+"""Check a file of tokens (one per line) with introspect_many, streaming: memory stays flat however
+long the file is.
+
+    python examples/batch_check.py tokens.txt     # against MONEYKIT_* (or the sandbox when unset)
+    python examples/batch_check.py                # makes a sandbox and a sample file first
+
+(`moneykit-async check tokens.txt` does the same from the shell, with JSON Lines output.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+from moneykit_async import MoneyKitSession
+from moneykit_async.testing import FakeMoneyKit
+
+
+def tokens_in(path: Path) -> Iterator[str]:
+    with path.open(encoding="utf-8") as lines:  # read lazily, line by line
+        for line in lines:
+            if token := line.strip():
+                yield token
+
+
+async def check_file(mk: MoneyKitSession, path: Path) -> Counter[str]:
+    outcomes: Counter[str] = Counter()
+    async for result in mk.introspect_many(tokens_in(path), concurrency=32):
+        outcomes["valid" if result.ok else type(result.error).__name__] += 1
+    return outcomes
+
+
+async def main(argv: list[str]) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        if os.environ.get("MONEYKIT_BASE_URL") or os.environ.get("MONEYKIT_CLIENT_ID"):
+            mk = await stack.enter_async_context(MoneyKitSession())
+            path = Path(argv[0])
+        else:
+            fake = await stack.enter_async_context(FakeMoneyKit())
+            mk = await stack.enter_async_context(MoneyKitSession(base_url=fake.base_url))
+            if argv:
+                path = Path(argv[0])
+            else:
+                directory = stack.enter_context(tempfile.TemporaryDirectory())
+                path = Path(directory) / "tokens.txt"
+                lines = [fake.mint_token() for _ in range(500)] + ["revoked-or-garbage"] * 20
+                path.write_text("\n".join(lines) + "\n")
+        outcomes = await check_file(mk, path)
+    total = sum(outcomes.values())
+    print(f"checked {total} tokens from {path.name}: " + ", ".join(f"{k} {v}" for k, v in outcomes.most_common()))
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1:]))

@@ -1,0 +1,354 @@
+"""The `moneykit-async` command line (also `python -m moneykit_async`).
+
+    moneykit-async introspect [TOKEN]         details of TOKEN (or of the configured client's token) as JSON
+    moneykit-async check [FILE|-]             check one token per line; JSON Lines out, summary on stderr
+    moneykit-async sandbox [--port N]         run the offline FakeMoneyKit in the foreground
+    moneykit-async demo                       the SDK end to end against the built-in sandbox
+
+Credentials and the base URL come from MONEYKIT_CLIENT_ID, MONEYKIT_CLIENT_SECRET, MONEYKIT_ACCESS_TOKEN
+and MONEYKIT_BASE_URL; --base-url overrides the last. Tokens and secrets are never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import IO, Any, TextIO
+
+from ._batch import ClientDisabledError, IntrospectionResult
+from ._converters import make_converter
+from ._errors import (
+    APIError,
+    AuthenticationError,
+    MoneyKitError,
+    PermissionDeniedError,
+    RateLimitError,
+    ResponseValidationError,
+    TokenRefreshError,
+    TransportError,
+    UsageError,
+)
+from ._models import AccessTokenDetails, fingerprint
+from ._session import MoneyKitSession
+from ._version import __version__
+
+__all__ = ["EXIT_CODES", "main"]
+
+# `introspect` exit statuses, one per family of error; `check` uses 0, 1 and 2 only.
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+EXIT_CODES: dict[type[BaseException], int] = {
+    AuthenticationError: EXIT_INVALID,  # includes ExpiredAccessTokenError
+    PermissionDeniedError: EXIT_INVALID,
+    ClientDisabledError: EXIT_INVALID,
+    UsageError: EXIT_USAGE,  # configuration, invalid input, closed session
+    TokenRefreshError: 3,
+    RateLimitError: 4,
+    APIError: 5,  # ServerError and any other status
+    TransportError: 6,  # includes RequestTimeoutError
+    ResponseValidationError: 7,
+}
+LINES_PER_READ = 1000  # lines fetched per hop to the reader thread: bounded memory, few thread hops
+
+_converter = make_converter()
+
+
+def exit_code_for(error: BaseException) -> int:
+    """The `introspect` exit status for `error` (its closest class in EXIT_CODES)."""
+    for cls in type(error).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]
+    return 5
+
+
+def details_json(details: AccessTokenDetails) -> dict[str, Any]:
+    """AccessTokenDetails as JSON-ready data (dates in ISO 8601, scopes sorted)."""
+    data: dict[str, Any] = _converter.unstructure(details)
+    data["scopes"] = sorted(details.scopes)
+    data["disabled_at"] = details.disabled_at.isoformat() if details.disabled_at else None
+    return data
+
+
+def outcome_of(error: MoneyKitError | None) -> str:
+    """A short name for a result's outcome, used in summaries: `valid`, an API error code, or a kind."""
+    if error is None:
+        return "valid"
+    if isinstance(error, APIError) and error.error_code:
+        return error.error_code.rsplit(".", 1)[-1]
+    kinds = {
+        ClientDisabledError: "client_disabled",
+        UsageError: "invalid_token_format",
+        ResponseValidationError: "unexpected_response",
+        TransportError: "transport_error",
+    }
+    for cls in type(error).__mro__:
+        if cls in kinds:
+            return kinds[cls]
+    return f"http_{error.status}" if isinstance(error, APIError) else type(error).__name__
+
+
+def result_json(line: int, result: IntrospectionResult) -> dict[str, Any]:
+    """One JSON Lines record of `check` (never the token itself)."""
+    details = result.details
+    error = result.error
+    return {
+        "line": line,
+        "fingerprint": result.fingerprint,
+        "ok": result.ok,
+        "client_id": details.client_id if details else None,
+        "app": {"app_id": details.app.app_id, "name": details.app.name} if details else None,
+        "scope": details.scope if details else None,
+        "error_code": (error.error_code if isinstance(error, APIError) else outcome_of(error)) if error else None,
+    }
+
+
+# -- reading tokens --------------------------------------------------------------------------------
+
+
+async def read_tokens(stream: IO[str], line_numbers: deque[int], progress: Callable[[int], None]) -> AsyncIterator[str]:
+    """Yield the non-blank lines of `stream`, stripped, reading in a thread a block at a time.
+
+    `line_numbers` receives each yielded token's 1-based line number, in order (blank lines are skipped
+    but still counted); `progress` gets the number of lines read so far.
+    """
+    number = 0
+    while True:
+        block = await asyncio.to_thread(_read_block, stream)
+        if not block:
+            return
+        for raw in block:
+            number += 1
+            token = raw.strip()
+            if token:
+                line_numbers.append(number)
+                yield token
+        progress(number)
+
+
+def _read_block(stream: IO[str]) -> list[str]:
+    block = []
+    for raw in stream:
+        block.append(raw)
+        if len(block) >= LINES_PER_READ:
+            break
+    return block
+
+
+# -- progress --------------------------------------------------------------------------------------
+
+
+class Progress:
+    """A progress line on stderr when it is a terminal: tqdm if installed (the `cli` extra), else plain."""
+
+    def __init__(self, stream: TextIO, total_bytes: int | None) -> None:
+        self._stream = stream
+        self._enabled = stream.isatty()
+        self._started = time.monotonic()
+        self._last = 0.0
+        self._total_bytes = total_bytes
+        self._bar: Any = None
+        if self._enabled:
+            with contextlib.suppress(ImportError):
+                from tqdm import tqdm  # type: ignore[import-untyped]
+
+                self._bar = tqdm(file=stream, unit=" tokens", dynamic_ncols=True, leave=False)
+
+    def update(self, checked: int, fraction: float | None) -> None:
+        if not self._enabled:
+            return
+        if self._bar is not None:
+            self._bar.n = checked
+            if fraction:
+                self._bar.total = max(checked, int(checked / fraction))
+            self._bar.refresh()
+            return
+        now = time.monotonic()
+        if now - self._last < 0.2:
+            return
+        self._last = now
+        elapsed = now - self._started
+        rate = checked / elapsed if elapsed > 0 else 0.0
+        eta = f", ETA {elapsed * (1 - fraction) / fraction:.0f} s" if fraction else ""
+        self._stream.write(f"\rchecked {checked:,} tokens, {rate:,.0f}/s{eta}   ")
+        self._stream.flush()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        elif self._enabled:
+            self._stream.write("\r" + " " * 60 + "\r")
+            self._stream.flush()
+
+
+# -- commands --------------------------------------------------------------------------------------
+
+
+def _session(args: argparse.Namespace, **kwargs: Any) -> MoneyKitSession:
+    return MoneyKitSession(base_url=args.base_url, **kwargs)
+
+
+async def cmd_introspect(args: argparse.Namespace, out: TextIO) -> int:
+    async with _session(args) as mk:
+        details = await mk.introspect(args.token)
+    data = details_json(details)
+    data["fingerprint"] = fingerprint(args.token) if args.token else None
+    out.write(json.dumps(data, indent=2) + "\n")
+    return EXIT_OK
+
+
+async def run_check(
+    mk: MoneyKitSession,
+    stream: IO[str],
+    out: TextIO,
+    err: TextIO,
+    *,
+    concurrency: int,
+    total_bytes: int | None = None,
+) -> Counter[str]:
+    """Check every token of `stream`, writing JSON Lines to `out`; returns the count of each outcome."""
+    # Line numbers of tokens handed to the batch and not yet reported: results come in input order,
+    # so each result takes the oldest. Holds O(concurrency) numbers, never the whole file.
+    line_numbers: deque[int] = deque()
+    outcomes: Counter[str] = Counter()
+    progress = Progress(err, total_bytes)
+    fraction: float | None = None
+
+    def on_lines_read(_: int) -> None:
+        nonlocal fraction
+        if total_bytes:
+            with contextlib.suppress(OSError, ValueError):
+                fraction = min(1.0, stream.tell() / total_bytes) or None
+
+    try:
+        async for result in mk.introspect_many(
+            read_tokens(stream, line_numbers, on_lines_read), concurrency=concurrency
+        ):
+            outcomes[outcome_of(result.error)] += 1
+            out.write(json.dumps(result_json(line_numbers.popleft(), result)) + "\n")
+            progress.update(sum(outcomes.values()), fraction)
+    finally:
+        progress.close()
+    return outcomes
+
+
+def summary(outcomes: Counter[str], elapsed: float) -> str:
+    total = sum(outcomes.values())
+    rate = f" ({total / elapsed:,.0f}/s)" if elapsed > 0 and total else ""
+    parts = ", ".join(f"{name} {count:,}" for name, count in outcomes.most_common())
+    return f"checked {total:,} tokens in {elapsed:.2f} s{rate}: {parts or 'no tokens'}"
+
+
+async def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.concurrency < 1:
+        raise UsageError("--concurrency must be at least 1")
+    if args.file in (None, "-"):
+        stream: IO[str] = sys.stdin
+        total_bytes = None
+    else:
+        try:  # opening is quick; the lines are then read in a thread (read_tokens)
+            stream = open(args.file, encoding="utf-8", errors="replace")  # noqa: SIM115, ASYNC230
+        except OSError as exc:
+            raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
+        total_bytes = os.fstat(stream.fileno()).st_size or None
+    started = time.monotonic()
+    try:
+        async with _session(args) as mk:
+            outcomes = await run_check(mk, stream, out, err, concurrency=args.concurrency, total_bytes=total_bytes)
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+    err.write(summary(outcomes, time.monotonic() - started) + "\n")
+    return EXIT_OK if set(outcomes) <= {"valid"} else EXIT_INVALID
+
+
+async def cmd_sandbox(args: argparse.Namespace, out: TextIO) -> int:
+    from .testing import FakeMoneyKit
+
+    async with FakeMoneyKit(port=args.port) as fake:
+        out.write(
+            f"MoneyKit sandbox (offline) listening at {fake.base_url}\n"
+            f"  MONEYKIT_BASE_URL={fake.base_url}\n"
+            f"  MONEYKIT_CLIENT_ID={fake.client_id}\n"
+            f"  MONEYKIT_CLIENT_SECRET={fake.client_secret}   (a sandbox secret, valid only here)\n"
+            "Press Ctrl-C to stop.\n"
+        )
+        out.flush()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        await stop.wait()
+    out.write("sandbox stopped\n")
+    return EXIT_OK
+
+
+async def cmd_demo(out: TextIO) -> int:
+    from ._demo import run_demo
+
+    await run_demo(out)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moneykit-async",
+        description="Check MoneyKit access tokens from the shell (asyncio SDK for the MoneyKit API).",
+        epilog="Credentials: MONEYKIT_CLIENT_ID and MONEYKIT_CLIENT_SECRET (or MONEYKIT_ACCESS_TOKEN); "
+        "API root: MONEYKIT_BASE_URL or --base-url.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the SDK does (retries, refreshes)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    introspect = commands.add_parser("introspect", help="print the details of a token as JSON")
+    introspect.add_argument("token", nargs="?", help="the token to check (default: the configured client's own)")
+    introspect.add_argument("--base-url", help="API root (default: $MONEYKIT_BASE_URL or production)")
+
+    check = commands.add_parser("check", help="check one token per line; JSON Lines on stdout, summary on stderr")
+    check.add_argument("file", nargs="?", default="-", help="file of tokens, or - for standard input (default)")
+    check.add_argument("--concurrency", type=int, default=64, help="requests in flight at most (default 64)")
+    check.add_argument("--base-url", help="API root (default: $MONEYKIT_BASE_URL or production)")
+
+    sandbox = commands.add_parser("sandbox", help="run the offline MoneyKit sandbox in the foreground")
+    sandbox.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
+
+    commands.add_parser("demo", help="run the SDK end to end against the built-in offline sandbox")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out, err = sys.stdout, sys.stderr
+    if args.verbose:
+        logging.basicConfig(level=logging.DEBUG, stream=err, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        if args.command == "introspect":
+            return asyncio.run(cmd_introspect(args, out))
+        if args.command == "check":
+            return asyncio.run(cmd_check(args, out, err))
+        if args.command == "sandbox":
+            return asyncio.run(cmd_sandbox(args, out))
+        return asyncio.run(cmd_demo(out))
+    except MoneyKitError as exc:
+        err.write(f"moneykit-async: {type(exc).__name__}: {exc}\n")
+        if args.command == "check":
+            return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_INVALID
+        return exit_code_for(exc)
+    except KeyboardInterrupt:
+        err.write("moneykit-async: interrupted\n")
+        return 130
+    except BrokenPipeError:  # e.g. `| head`: the reader left; nothing more to say
+        with contextlib.suppress(OSError):
+            sys.stdout.close()
+        return EXIT_OK
