@@ -31,6 +31,7 @@ from ._events import Event, RateLimitPaused, RequestFinished, RequestStarted, Re
 from ._models import AccessToken, AccessTokenDetails, App, fingerprint
 from ._retry import RetryPolicy
 from ._session import MoneyKitSession
+from ._store import MemoryTokenStore, TokenStore
 from ._version import __version__
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "IntrospectionCache",
     "IntrospectionResult",
     "InvalidInputError",
+    "MemoryTokenStore",
     "MissingCredentialsError",
     "MoneyKitError",
     "MoneyKitSession",
@@ -64,6 +66,7 @@ __all__ = [
     "Timeout",
     "TokenRefreshError",
     "TokenRefreshed",
+    "TokenStore",
     "TransportError",
     "UsageError",
     "__version__",

@@ -12,6 +12,7 @@ from typing import Any
 from ._errors import MissingCredentialsError, MoneyKitError, SessionClosedError, TokenRefreshError
 from ._models import AccessToken
 from ._protocol import needs_refresh
+from ._store import MemoryTokenStore, TokenStore, same_token
 
 __all__ = ["OnTokenRefresh", "TokenManager"]
 
@@ -37,8 +38,13 @@ class TokenManager:
         skew: float | None = None,
         on_refresh: OnTokenRefresh | None = None,
         clock: Callable[[], float] = time.monotonic,
+        store: TokenStore | None = None,
+        namespace: str = "default",
     ) -> None:
         self._mint = mint
+        self._store: TokenStore = store if store is not None else MemoryTokenStore()
+        self._namespace = namespace
+        self._rejected: AccessToken | None = None  # the last token MoneyKit called expired
         self._token = initial
         self._skew = skew
         self._on_refresh = on_refresh
@@ -93,12 +99,31 @@ class TokenManager:
         """
         if self._token is token and self._mint is not None:
             self._token = None
+            self._rejected = token
 
     async def _refresh(self) -> AccessToken:
-        assert self._mint is not None
+        base_mint = self._mint
+        assert base_mint is not None
+        minted: list[AccessToken] = []
+
+        async def mint() -> AccessToken:
+            token = await base_mint()
+            minted.append(token)
+            return token
+
+        def is_fresh(token: AccessToken) -> bool:
+            return not needs_refresh(token, self._clock(), self._skew)
+
         try:
             try:
-                token = await self._mint()
+                # Another process may have stored a fresh token already; otherwise replace the stale
+                # one (the store makes sure only one process of the fleet mints).
+                stored = await self._store.get(self._namespace)
+                rejected = self._rejected
+                if stored is not None and is_fresh(stored) and not same_token(stored, rejected):
+                    token = stored
+                else:
+                    token = await self._store.refresh(self._namespace, stored or rejected, mint, is_fresh)
             except MoneyKitError as exc:
                 logger.warning("could not obtain an access token: %s", exc)
                 raise TokenRefreshError(
@@ -106,8 +131,12 @@ class TokenManager:
                     "and scope (or MONEYKIT_CLIENT_ID / MONEYKIT_CLIENT_SECRET) and the base URL"
                 ) from exc
             self._token = token
-            logger.debug("obtained access token %s (expires in %s s)", token.fingerprint, token.expires_in)
-            await self._notify(token)
+            self._rejected = None
+            if minted and minted[-1] is token:
+                logger.debug("obtained access token %s (expires in %s s)", token.fingerprint, token.expires_in)
+                await self._notify(token)
+            else:
+                logger.debug("reusing stored access token %s", token.fingerprint)
             return token
         finally:
             self._inflight = None

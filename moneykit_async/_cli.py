@@ -248,9 +248,35 @@ def summary(outcomes: Counter[str], elapsed: float) -> str:
     return f"checked {total:,} tokens in {elapsed:.2f} s{rate}: {parts or 'no tokens'}"
 
 
+async def cmd_check_distributed(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """`check --arq`: enqueue chunks for arq workers, then stream their results in file order."""
+    try:
+        from .contrib.arq import run_distributed_check
+    except ImportError:
+        raise UsageError("--arq needs the arq extra: pip install 'moneykit-async[arq]'") from None
+    if args.file in (None, "-") or not os.path.isfile(args.file):  # noqa: ASYNC240 - one stat, before any work
+        raise UsageError("--arq needs a token FILE that the workers can read (not standard input)")
+    out_dir = args.out_dir or args.file + ".results"
+    os.makedirs(out_dir, exist_ok=True)
+    outcomes: Counter[str] = Counter()
+    workers: Counter[str] = Counter()
+    started = time.monotonic()
+    async for report in run_distributed_check(args.arq, args.file, out_dir, chunk_bytes=args.chunk_bytes):
+        outcomes.update(report.outcomes)
+        workers[report.worker] += report.tokens
+        with open(report.output, encoding="utf-8") as chunk:  # noqa: ASYNC230 - a local file, small
+            for line in chunk:
+                out.write(line)
+    err.write(summary(outcomes, time.monotonic() - started) + "\n")
+    err.write("per worker: " + ", ".join(f"{name} {n:,}" for name, n in sorted(workers.items())) + "\n")
+    return EXIT_OK if set(outcomes) <= {"valid"} else EXIT_INVALID
+
+
 async def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
+    if args.arq:
+        return await cmd_check_distributed(args, out, err)
     if args.file in (None, "-"):
         stream: IO[str] = sys.stdin
         total_bytes = None
@@ -317,6 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", nargs="?", default="-", help="file of tokens, or - for standard input (default)")
     check.add_argument("--concurrency", type=int, default=64, help="requests in flight at most (default 64)")
     check.add_argument("--base-url", help="API root (default: $MONEYKIT_BASE_URL or production)")
+    check.add_argument(
+        "--arq",
+        metavar="REDIS_URL",
+        help="spread the check over arq workers (arq moneykit_async.contrib.arq.WorkerSettings) on this Redis",
+    )
+    check.add_argument("--out-dir", help="with --arq: where workers write chunk results (default: FILE.results/)")
+    check.add_argument("--chunk-bytes", type=int, default=4 * 1024 * 1024, help="with --arq: bytes per job")
 
     sandbox = commands.add_parser("sandbox", help="run the offline MoneyKit sandbox in the foreground")
     sandbox.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")

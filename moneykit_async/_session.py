@@ -66,6 +66,7 @@ from ._protocol import (
     token_request,
 )
 from ._retry import RetryBudget, RetryPolicy, retry_delay
+from ._store import TokenStore
 
 __all__ = ["MoneyKitSession"]
 
@@ -102,6 +103,8 @@ class MoneyKitSession:
     - `retry`: a `RetryPolicy` for transient failures (default: 2 retries with jittered backoff).
     - `max_response_bytes`: larger answers are refused without being read (default 1 MiB).
     - `introspection_cache`: an `IntrospectionCache` to remember and coalesce `introspect(token)`.
+    - `token_store`: where the session's own token lives (default: this process); a shared store such
+      as `moneykit_async.contrib.redis.RedisTokenStore` makes a fleet of processes mint one token.
     - `on_event`: a quick sync callable that receives `RequestStarted`, `RequestFinished`,
       `RetryScheduled`, `RateLimitPaused` and `TokenRefreshed` events (fingerprints, never tokens).
     - `on_token_refresh`: sync or async callable run once per new token; its errors are logged only.
@@ -128,6 +131,7 @@ class MoneyKitSession:
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         introspection_cache: IntrospectionCache | None = None,
         on_event: OnEvent | None = None,
+        token_store: TokenStore | None = None,
         ssl: ssl.SSLContext | None = None,
         trust_env: bool = False,
         allow_insecure_http: bool = False,
@@ -168,11 +172,16 @@ class MoneyKitSession:
         self._credentials = (client_id, client_secret) if client_id is not None and client_secret is not None else None
         self._scope = _resolve_scope(scope)
         self._client_auth: ClientAuth = client_auth
+        if token_store is not None and not isinstance(token_store, TokenStore):
+            raise ConfigurationError("token_store must implement TokenStore (async get and refresh)")
         self._tokens = TokenManager(
             self._mint if self._credentials is not None else None,
             initial=initial,
             skew=refresh_skew,
             on_refresh=on_token_refresh,
+            store=token_store,
+            # One stored token per client and scope; the id is not a secret, the scope is hashed short.
+            namespace=f"{client_id}:{fingerprint(self._scope or '')}",
         )
 
         self._timeout = timeout if isinstance(timeout, Timeout) else Timeout(total=timeout)

@@ -1,0 +1,142 @@
+"""RedisTokenStore against a real redis-server and FakeMoneyKit, across real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from moneykit_async import AccessToken, MoneyKitSession, fingerprint
+from moneykit_async.contrib.redis import RedisTokenStore
+from moneykit_async.testing import FakeMoneyKit, Fault
+
+HERE = Path(__file__).resolve().parent
+
+
+def namespace(fake: FakeMoneyKit, scope: str = "") -> str:
+    return f"{fake.client_id}:{fingerprint(scope)}"
+
+
+async def seed(store: RedisTokenStore, fake: FakeMoneyKit, token: str, lifetime: int = 3600) -> None:
+    """Put `token` in the store as the fleet's current token (through the public refresh)."""
+
+    async def mint() -> AccessToken:
+        return AccessToken(token, expires_in=lifetime)
+
+    await store.refresh(namespace(fake), None, mint, lambda _: False)
+
+
+@pytest.mark.slow
+async def test_token_storm_8_processes_x_100_callers_cause_one_token_request(
+    fake: FakeMoneyKit, redis_url: str
+) -> None:
+    store = RedisTokenStore(redis_url)
+    expired = fake.mint_token()
+    fake.expire_token(expired)  # the fleet believes in it; MoneyKit says it expired
+    await seed(store, fake, expired)
+    fake.inject("/auth/token", Fault(delay=0.2))  # a slow mint gives every process time to pile up
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("MONEYKIT_")},
+        "MONEYKIT_BASE_URL": fake.base_url,
+        "MONEYKIT_CLIENT_ID": fake.client_id,
+        "MONEYKIT_CLIENT_SECRET": fake.client_secret,
+        "REDIS_URL": redis_url,
+        "CALLERS": "100",
+    }
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(HERE / "fleet_worker.py"),
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(8)
+    ]
+    for process in processes:  # every process is up, with its session open, before the burst
+        assert process.stdout is not None
+        assert "ready" in (await asyncio.wait_for(process.stdout.readline(), timeout=60)).decode()
+    for process in processes:
+        assert process.stdin is not None
+        process.stdin.write(b"go\n")
+        await process.stdin.drain()
+    reports = []
+    for process in processes:
+        out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+        assert process.returncode == 0, err.decode()
+        reports.append(json.loads(out.decode().strip().splitlines()[-1]))
+    assert [r["outcomes"] for r in reports] == [{"ok": 100}] * 8
+    assert fake.count("/auth/token") == 1
+    assert fake.count("/auth/introspect") >= 800
+    await store.aclose()
+
+
+async def test_processes_share_a_fresh_token_without_minting(fake: FakeMoneyKit, redis_url: str) -> None:
+    store = RedisTokenStore(redis_url)
+    await seed(store, fake, fake.mint_token())
+    for _ in range(3):  # three sessions, as three processes would
+        async with MoneyKitSession(
+            base_url=fake.base_url, client_id=fake.client_id, client_secret=fake.client_secret, token_store=store
+        ) as mk:
+            assert (await mk.introspect()).client_id == fake.client_id
+    assert fake.count("/auth/token") == 0
+    await store.aclose()
+
+
+async def test_a_stale_stored_token_is_replaced_once_and_shared(fake: FakeMoneyKit, redis_url: str) -> None:
+    store = RedisTokenStore(redis_url)
+    await seed(store, fake, fake.mint_token(), lifetime=1)  # due for refresh at once (margin 0.1 s)
+    await asyncio.sleep(0.95)
+    sessions = [
+        MoneyKitSession(
+            base_url=fake.base_url, client_id=fake.client_id, client_secret=fake.client_secret, token_store=store
+        )
+        for _ in range(4)
+    ]
+    tokens = await asyncio.gather(*(s.get_access_token() for s in sessions))
+    assert len({t.access_token for t in tokens}) == 1
+    assert fake.count("/auth/token") == 1
+    for session in sessions:
+        await session.close()
+    await store.aclose()
+
+
+async def test_redis_holds_the_token_with_an_expiry_and_never_the_secret(fake: FakeMoneyKit, redis_url: str) -> None:
+    store = RedisTokenStore(redis_url)
+    async with MoneyKitSession(
+        base_url=fake.base_url, client_id=fake.client_id, client_secret=fake.client_secret, token_store=store
+    ) as mk:
+        token = await mk.get_access_token()
+    client = aioredis.Redis.from_url(redis_url)
+    keys = await client.keys("*")
+    assert keys == [f"moneykit:token:{namespace(fake)}".encode()]
+    value = await client.get(keys[0])
+    ttl = await client.ttl(keys[0])
+    await client.aclose()
+    assert value is not None and token.access_token.encode() in value
+    assert fake.client_secret.encode() not in value
+    assert 3500 < ttl <= 3600
+    await store.aclose()
+    assert "hunter2" not in repr(RedisTokenStore("redis://:hunter2@127.0.0.1:1/0"))
+
+
+async def test_an_unreachable_redis_degrades_to_local_minting(
+    fake: FakeMoneyKit, unused_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = RedisTokenStore(f"redis://127.0.0.1:{unused_port}/0")
+    with caplog.at_level(logging.WARNING, logger="moneykit_async"):
+        async with MoneyKitSession(
+            base_url=fake.base_url, client_id=fake.client_id, client_secret=fake.client_secret, token_store=store
+        ) as mk:
+            details = await asyncio.gather(*(mk.introspect() for _ in range(20)))
+    assert {d.client_id for d in details} == {fake.client_id}
+    assert fake.count("/auth/token") == 1
+    assert "Redis token store unavailable" in caplog.text
+    await store.aclose()
