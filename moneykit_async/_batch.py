@@ -61,7 +61,7 @@ class IntrospectionResult:
 
 Check = Callable[[str], Awaitable[AccessTokenDetails]]
 
-# Errors that concern the whole batch (the session is gone, the SDK is misused): they end the iteration.
+# Errors that concern the whole batch rather than one token (the session is gone): they end the iteration.
 _FATAL = (SessionClosedError,)
 
 

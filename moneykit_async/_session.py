@@ -213,6 +213,9 @@ class MoneyKitSession:
         self._client: aiohttp.ClientSession | None = session
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        # Headers every request carries. On the SDK's own session they become its default headers
+        # (see _http), so each request passes only its Authorization: aiohttp merges per-request
+        # headers one by one in Python, defaults in one C-level copy.
         self._headers = base_headers()
         # Timeout.total and Timeout.attempt are enforced per attempt in _call, and around waits for a
         # token or a shared load with asyncio.timeout_at.
@@ -286,9 +289,11 @@ class MoneyKitSession:
             connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
             client = self._client = aiohttp.ClientSession(
                 connector=connector,
+                headers=self._headers,
                 cookie_jar=aiohttp.DummyCookieJar(),  # an API client has no use for cookies
                 trust_env=self._trust_env,
             )
+            self._headers = {}
         return client
 
     # -- API ---------------------------------------------------------------------------------------

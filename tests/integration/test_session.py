@@ -183,3 +183,27 @@ async def test_a_session_is_bound_to_its_first_loop(fake: FakeMoneyKit) -> None:
     with pytest.raises(UsageError, match="another event loop"):
         await asyncio.to_thread(other_loop)
     await mk.close()
+
+
+@pytest.mark.parametrize("borrowed", [False, True], ids=["owned", "borrowed"])
+async def test_every_request_carries_the_api_version_and_bearer(fake: FakeMoneyKit, borrowed: bool) -> None:
+    token = fake.mint_token()
+    async with (
+        aiohttp.ClientSession() as http,
+        MoneyKitSession(
+            base_url=fake.base_url,
+            client_id=fake.client_id,
+            client_secret=fake.client_secret,
+            session=http if borrowed else None,
+        ) as mk,
+    ):
+        await mk.introspect(token)
+        await mk.introspect()
+    introspections = [r for r in fake.requests if r.path == INTROSPECT]
+    assert len(introspections) == 2
+    for request in fake.requests:
+        assert request.headers["MoneyKit-Version"] == "2023-02-18"
+        assert request.headers["User-Agent"].startswith("moneykit-async/")
+        assert request.headers["Accept"] == "application/json"
+    assert introspections[0].headers["Authorization"] == f"Bearer {token}"
+    assert "Cookie" not in introspections[1].headers
