@@ -28,11 +28,15 @@ class TokenStore(Protocol):
     must never store client credentials.
     """
 
-    async def get(self, namespace: str) -> AccessToken | None: ...
+    async def get(self, namespace: str) -> AccessToken | None:
+        """The token stored for `namespace`, or None."""
+        ...
 
     async def refresh(
         self, namespace: str, stale: AccessToken | None, mint: Mint, is_fresh: Callable[[AccessToken], bool]
-    ) -> AccessToken: ...
+    ) -> AccessToken:
+        """Replace `stale` by `await mint()` unless a fresh token other than `stale` is stored; return it."""
+        ...
 
 
 class MemoryTokenStore:
