@@ -13,6 +13,7 @@ from ._errors import MissingCredentialsError, MoneyKitError, SessionClosedError,
 from ._models import AccessToken
 from ._protocol import needs_refresh
 from ._store import MemoryTokenStore, TokenStore, same_token
+from ._tasks import start_shared
 
 __all__ = ["OnTokenRefresh", "TokenManager"]
 
@@ -75,11 +76,7 @@ class TokenManager:
                 )
             return token
         if self._inflight is None:
-            task = asyncio.get_running_loop().create_task(self._refresh(), name="moneykit-token-refresh")
-            # If every waiter was cancelled, nobody reads a failure; read it here so asyncio does not
-            # report "Task exception was never retrieved".
-            task.add_done_callback(_retrieve_exception)
-            self._inflight = task
+            task = self._inflight = start_shared(self._refresh(), "moneykit-token-refresh")
         else:
             task = self._inflight
         try:
@@ -158,8 +155,3 @@ class TokenManager:
             task.cancel()
             await asyncio.wait({task})
         self._inflight = None
-
-
-def _retrieve_exception(task: asyncio.Task[AccessToken]) -> None:
-    if not task.cancelled():
-        task.exception()

@@ -16,6 +16,7 @@ from typing import Self
 
 import attrs
 
+from ._config import check_whole
 from ._errors import MoneyKitError, SessionClosedError, UsageError
 from ._models import AccessTokenDetails, fingerprint
 
@@ -80,8 +81,7 @@ class BatchResults:
         concurrency: int,
         ordered: bool,
     ) -> None:
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise UsageError(f"concurrency must be a whole number >= 1, got {concurrency!r}")
+        check_whole("concurrency", concurrency, minimum=1)
         if isinstance(tokens, str | bytes):
             raise UsageError("introspect_many takes an iterable of tokens, not a single token string")
         self._sync_source: Iterator[str] | None = None

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
 
-from ._errors import ConfigurationError
+from ._config import check_seconds, check_whole
 from ._models import AccessTokenDetails
+from ._tasks import start_shared
 
 __all__ = ["IntrospectionCache"]
 
@@ -43,12 +42,8 @@ class IntrospectionCache:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not (ttl > 0 and math.isfinite(ttl)):
-            raise ConfigurationError(f"IntrospectionCache ttl must be a positive number of seconds, got {ttl!r}")
-        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
-            raise ConfigurationError(f"IntrospectionCache max_size must be a whole number >= 1, got {max_size!r}")
-        self.ttl = float(ttl)
-        self.max_size = max_size
+        self.ttl = check_seconds("IntrospectionCache ttl", ttl, zero_ok=False)
+        self.max_size = check_whole("IntrospectionCache max_size", max_size, minimum=1)
         self._clock = clock
         self._wall_clock = wall_clock
         self._entries: OrderedDict[bytes, tuple[AccessTokenDetails, float]] = OrderedDict()
@@ -107,10 +102,7 @@ class IntrospectionCache:
         task = self._inflight.get(key)
         if task is None:
             self.misses += 1
-            # A task of its own, so one caller's cancellation or deadline never fails the others.
-            task = asyncio.get_running_loop().create_task(self._load(key, load))
-            task.add_done_callback(_retrieve_exception)
-            self._inflight[key] = task
+            task = self._inflight[key] = start_shared(self._load(key, load), "moneykit-introspection")
         return await asyncio.shield(task)
 
     async def _load(self, key: bytes, load: Callable[[], Awaitable[AccessTokenDetails]]) -> AccessTokenDetails:
@@ -128,8 +120,3 @@ class IntrospectionCache:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
-
-
-def _retrieve_exception(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled():
-        task.exception()

@@ -22,7 +22,7 @@ import sys
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import IO, Any, TextIO
+from typing import IO, Any, TextIO, TypeVar
 
 from ._batch import ClientDisabledError, IntrospectionResult
 from ._converters import make_converter
@@ -61,21 +61,34 @@ EXIT_CODES: dict[type[BaseException], int] = {
 LINES_PER_READ = 1000  # lines fetched per hop to the reader thread: bounded memory, few thread hops
 
 _converter = make_converter()
+_V = TypeVar("_V")
+
+
+_OUTCOME_KINDS: dict[type[BaseException], str] = {
+    ClientDisabledError: "client_disabled",
+    UsageError: "invalid_token_format",
+    ResponseValidationError: "unexpected_response",
+    TransportError: "transport_error",
+}
+
+
+def _closest(table: dict[type[BaseException], _V], error: BaseException) -> _V | None:
+    """The entry of `table` for the nearest class of `error` (subclasses inherit their base's entry)."""
+    for cls in type(error).__mro__:
+        if cls in table:
+            return table[cls]
+    return None
 
 
 def exit_code_for(error: BaseException) -> int:
     """The `introspect` exit status for `error` (its closest class in EXIT_CODES)."""
-    for cls in type(error).__mro__:
-        if cls in EXIT_CODES:
-            return EXIT_CODES[cls]
-    return 5
+    code = _closest(EXIT_CODES, error)
+    return 5 if code is None else code
 
 
 def details_json(details: AccessTokenDetails) -> dict[str, Any]:
     """AccessTokenDetails as JSON-ready data (dates in ISO 8601, scopes sorted)."""
     data: dict[str, Any] = _converter.unstructure(details)
-    data["scopes"] = sorted(details.scopes)
-    data["disabled_at"] = details.disabled_at.isoformat() if details.disabled_at else None
     return data
 
 
@@ -85,15 +98,9 @@ def outcome_of(error: MoneyKitError | None) -> str:
         return "valid"
     if isinstance(error, APIError) and error.error_code:
         return error.error_code.rsplit(".", 1)[-1]
-    kinds = {
-        ClientDisabledError: "client_disabled",
-        UsageError: "invalid_token_format",
-        ResponseValidationError: "unexpected_response",
-        TransportError: "transport_error",
-    }
-    for cls in type(error).__mro__:
-        if cls in kinds:
-            return kinds[cls]
+    kind = _closest(_OUTCOME_KINDS, error)
+    if kind is not None:
+        return kind
     return f"http_{error.status}" if isinstance(error, APIError) else type(error).__name__
 
 
@@ -106,7 +113,7 @@ def result_json(line: int, result: IntrospectionResult) -> dict[str, Any]:
         "fingerprint": result.fingerprint,
         "ok": result.ok,
         "client_id": details.client_id if details else None,
-        "app": {"app_id": details.app.app_id, "name": details.app.name} if details else None,
+        "app": _converter.unstructure(details.app) if details else None,
         "scope": details.scope if details else None,
         "error_code": (error.error_code if isinstance(error, APIError) else outcome_of(error)) if error else None,
     }
@@ -119,20 +126,22 @@ async def read_tokens(stream: IO[str], line_numbers: deque[int], progress: Calla
     """Yield the non-blank lines of `stream`, stripped, reading in a thread a block at a time.
 
     `line_numbers` receives each yielded token's 1-based line number, in order (blank lines are skipped
-    but still counted); `progress` gets the number of lines read so far.
+    but still counted); `progress` gets the number of characters read so far (bytes, for ASCII tokens).
     """
     number = 0
+    consumed = 0
     while True:
         block = await asyncio.to_thread(_read_block, stream)
         if not block:
             return
+        consumed += sum(map(len, block))
+        progress(consumed)
         for raw in block:
             number += 1
             token = raw.strip()
             if token:
                 line_numbers.append(number)
                 yield token
-        progress(number)
 
 
 def _read_block(stream: IO[str]) -> list[str]:
@@ -150,12 +159,11 @@ def _read_block(stream: IO[str]) -> list[str]:
 class Progress:
     """A progress line on stderr when it is a terminal: tqdm if installed (the `cli` extra), else plain."""
 
-    def __init__(self, stream: TextIO, total_bytes: int | None) -> None:
+    def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self._enabled = stream.isatty()
         self._started = time.monotonic()
         self._last = 0.0
-        self._total_bytes = total_bytes
         self._bar: Any = None
         if self._enabled:
             with contextlib.suppress(ImportError):
@@ -220,22 +228,22 @@ async def run_check(
     # so each result takes the oldest. Holds O(concurrency) numbers, never the whole file.
     line_numbers: deque[int] = deque()
     outcomes: Counter[str] = Counter()
-    progress = Progress(err, total_bytes)
+    progress = Progress(err)
     fraction: float | None = None
 
-    def on_lines_read(_: int) -> None:
+    def on_read(consumed: int) -> None:
+        # Counted, not stream.tell(): a text file being iterated refuses to tell its position.
         nonlocal fraction
         if total_bytes:
-            with contextlib.suppress(OSError, ValueError):
-                fraction = min(1.0, stream.tell() / total_bytes) or None
+            fraction = min(1.0, consumed / total_bytes) or None
 
+    checked = 0
     try:
-        async for result in mk.introspect_many(
-            read_tokens(stream, line_numbers, on_lines_read), concurrency=concurrency
-        ):
+        async for result in mk.introspect_many(read_tokens(stream, line_numbers, on_read), concurrency=concurrency):
+            checked += 1
             outcomes[outcome_of(result.error)] += 1
             out.write(json.dumps(result_json(line_numbers.popleft(), result)) + "\n")
-            progress.update(sum(outcomes.values()), fraction)
+            progress.update(checked, fraction)
     finally:
         progress.close()
     return outcomes
@@ -246,6 +254,10 @@ def summary(outcomes: Counter[str], elapsed: float) -> str:
     rate = f" ({total / elapsed:,.0f}/s)" if elapsed > 0 and total else ""
     parts = ", ".join(f"{name} {count:,}" for name, count in outcomes.most_common())
     return f"checked {total:,} tokens in {elapsed:.2f} s{rate}: {parts or 'no tokens'}"
+
+
+def _check_status(outcomes: Counter[str]) -> int:
+    return EXIT_OK if set(outcomes) <= {"valid"} else EXIT_INVALID
 
 
 async def cmd_check_distributed(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -269,12 +281,10 @@ async def cmd_check_distributed(args: argparse.Namespace, out: TextIO, err: Text
                 out.write(line)
     err.write(summary(outcomes, time.monotonic() - started) + "\n")
     err.write("per worker: " + ", ".join(f"{name} {n:,}" for name, n in sorted(workers.items())) + "\n")
-    return EXIT_OK if set(outcomes) <= {"valid"} else EXIT_INVALID
+    return _check_status(outcomes)
 
 
 async def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    if args.concurrency < 1:
-        raise UsageError("--concurrency must be at least 1")
     if args.arq:
         return await cmd_check_distributed(args, out, err)
     if args.file in (None, "-"):
@@ -294,7 +304,7 @@ async def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if stream is not sys.stdin:
             stream.close()
     err.write(summary(outcomes, time.monotonic() - started) + "\n")
-    return EXIT_OK if set(outcomes) <= {"valid"} else EXIT_INVALID
+    return _check_status(outcomes)
 
 
 async def cmd_sandbox(args: argparse.Namespace, out: TextIO) -> int:
@@ -310,8 +320,9 @@ async def cmd_sandbox(args: argparse.Namespace, out: TextIO) -> int:
         )
         out.flush()
         stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     out.write("sandbox stopped\n")
     return EXIT_OK

@@ -22,6 +22,8 @@ __all__ = [
     "ENV_CLIENT_ID",
     "ENV_CLIENT_SECRET",
     "Timeout",
+    "check_seconds",
+    "check_whole",
     "resolve_base_url",
 ]
 
@@ -37,13 +39,30 @@ ENV_ACCESS_TOKEN = "MONEYKIT_ACCESS_TOKEN"
 ENV_BASE_URL = "MONEYKIT_BASE_URL"
 
 
-def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (value > 0 and math.isfinite(value)):
-        raise ConfigurationError(
-            f"Timeout.{attribute.name} must be a positive finite number of seconds or None, got {value!r}"
-        )
+def check_whole(name: str, value: object, *, minimum: int) -> int:
+    """`value` if it is an int (not a bool) of at least `minimum`, else a ConfigurationError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return value
+
+
+def check_seconds(name: str, value: object, *, zero_ok: bool) -> float:
+    """`value` if it is a finite number of seconds (> 0, or >= 0 with `zero_ok`), else a ConfigurationError."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not zero_ok)
+    ):
+        bound = ">= 0" if zero_ok else "> 0"
+        raise ConfigurationError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
+    return float(value)
+
+
+def _seconds_or_none(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None:
+        check_seconds(f"{type(instance).__name__}.{attribute.name} (or None)", value, zero_ok=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -61,9 +80,9 @@ class Timeout:
     retried than waited out.
     """
 
-    total: float | None = attrs.field(default=10.0, validator=_positive_or_none)
-    connect: float | None = attrs.field(default=3.0, validator=_positive_or_none)
-    attempt: float | None = attrs.field(default=5.0, validator=_positive_or_none)
+    total: float | None = attrs.field(default=10.0, validator=_seconds_or_none)
+    connect: float | None = attrs.field(default=3.0, validator=_seconds_or_none)
+    attempt: float | None = attrs.field(default=5.0, validator=_seconds_or_none)
 
 
 def _is_loopback(host: str) -> bool:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import cattrs
-from cattrs.gen import make_dict_structure_fn, override
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from ._models import AccessToken, AccessTokenDetails, App
 
@@ -64,12 +64,21 @@ def _app_hook(converter: cattrs.Converter) -> Callable[[Any, type], App]:
 
 
 def make_converter() -> cattrs.Converter:
-    """Build the converter used for every MoneyKit response (never the global cattrs converter)."""
+    """Build the converter for MoneyKit's JSON, both ways (never the global cattrs converter)."""
     converter = cattrs.Converter(forbid_extra_keys=False)  # unknown fields: forward compatibility
     converter.register_structure_hook(str, _strict_str)
     converter.register_structure_hook(int, _strict_int)
     converter.register_structure_hook(datetime, _aware_datetime)
     converter.register_structure_hook(App, _app_hook(converter))
+    # Unstructuring (JSON output of the CLI): ISO 8601 dates, sorted scope lists.
+    converter.register_unstructure_hook(datetime, datetime.isoformat)
+    converter.register_unstructure_hook_func(
+        lambda t: t is frozenset or getattr(t, "__origin__", None) is frozenset, sorted
+    )
+    converter.register_unstructure_hook(
+        AccessTokenDetails,
+        make_dict_unstructure_fn(AccessTokenDetails, converter, _cattrs_include_init_false=True),
+    )
     converter.register_structure_hook(AccessTokenDetails, make_dict_structure_fn(AccessTokenDetails, converter))
     converter.register_structure_hook(
         AccessToken,

@@ -7,13 +7,13 @@ retry decorator models. The loop itself (in `_session`) only sleeps and calls th
 
 from __future__ import annotations
 
-import math
 import random
 from typing import Any, Final
 
 import attrs
 
-from ._errors import APIError, ConfigurationError, MoneyKitError, RateLimitError, TransportError
+from ._config import check_seconds, check_whole
+from ._errors import APIError, MoneyKitError, RateLimitError, TransportError
 
 __all__ = ["RetryBudget", "RetryPolicy", "backoff_delay", "is_retryable", "retry_delay"]
 
@@ -21,13 +21,11 @@ RETRYABLE_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504})
 
 
 def _non_negative_int(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigurationError(f"RetryPolicy.{attribute.name} must be a whole number >= 0, got {value!r}")
+    check_whole(f"RetryPolicy.{attribute.name}", value, minimum=0)
 
 
 def _non_negative_seconds(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (value >= 0 and math.isfinite(value)):
-        raise ConfigurationError(f"RetryPolicy.{attribute.name} must be a finite number of seconds >= 0, got {value!r}")
+    check_seconds(f"RetryPolicy.{attribute.name}", value, zero_ok=True)
 
 
 @attrs.frozen(kw_only=True)

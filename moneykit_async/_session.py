@@ -9,7 +9,7 @@ import os
 import random
 import ssl
 import time
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -27,6 +27,8 @@ from ._config import (
     ENV_CLIENT_ID,
     ENV_CLIENT_SECRET,
     Timeout,
+    check_seconds,
+    check_whole,
     env_value,
     resolve_base_url,
 )
@@ -165,8 +167,8 @@ class MoneyKitSession:
                 initial = AccessToken(check_token(access_token), expires_in=None)
             except InvalidInputError as exc:
                 raise ConfigurationError(f"access_token is unusable: {exc}") from None
-        if refresh_skew is not None and not refresh_skew >= 0:
-            raise ConfigurationError(f"refresh_skew must be a number of seconds >= 0, got {refresh_skew!r}")
+        if refresh_skew is not None:
+            check_seconds("refresh_skew", refresh_skew, zero_ok=True)
 
         self._client_id = client_id
         self._credentials = (client_id, client_secret) if client_id is not None and client_secret is not None else None
@@ -197,10 +199,8 @@ class MoneyKitSession:
             )
         if max_connections is None:
             max_connections = DEFAULT_MAX_CONNECTIONS
-        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
-            raise ConfigurationError(f"max_connections must be a whole number >= 1, got {max_connections!r}")
-        if isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int) or max_response_bytes < 1:
-            raise ConfigurationError(f"max_response_bytes must be a whole number >= 1, got {max_response_bytes!r}")
+        check_whole("max_connections", max_connections, minimum=1)
+        check_whole("max_response_bytes", max_response_bytes, minimum=1)
         _check_ssl(ssl)
         if introspection_cache is not None and not isinstance(introspection_cache, IntrospectionCache):
             raise ConfigurationError("introspection_cache must be an IntrospectionCache")
@@ -218,7 +218,7 @@ class MoneyKitSession:
         # headers one by one in Python, defaults in one C-level copy.
         self._headers = base_headers()
         # Timeout.total and Timeout.attempt are enforced per attempt in _call, and around waits for a
-        # token or a shared load with asyncio.timeout_at.
+        # token or a shared load in _bounded.
         self._request_options: dict[str, Any] = {
             "allow_redirects": False,  # a redirect must never carry our Authorization header elsewhere
         }
@@ -307,20 +307,15 @@ class MoneyKitSession:
         """
         http = self._http()
         deadline = self._deadline()
-        if token is not None and self._cache is None:
-            # The hot path: the attempt loop enforces the deadline itself, with one timer per attempt.
-            return await self._introspect_token(http, check_token(token), deadline)
-        try:
-            async with asyncio.timeout_at(deadline):  # also bounds waiting for our token or a shared load
-                if token is None:
-                    return await self._introspect_own(http, deadline)
-                given = check_token(token)
-                assert self._cache is not None
-                return await self._cache.fetch(given, lambda: self._introspect_shared(http, given))
-        except RequestTimeoutError:
-            raise
-        except TimeoutError:
-            raise self._timeout_error("GET /auth/introspect") from None
+        if token is None:
+            return await self._bounded(deadline, "GET /auth/introspect", self._introspect_own(http, deadline))
+        given = check_token(token)
+        if self._cache is None:
+            # The hot path: _call enforces the deadline itself, with one timer per attempt.
+            return await self._introspect_token(http, given, deadline)
+        # The shared load runs in the cache's task with a deadline of its own; ours bounds the wait.
+        load = self._cache.fetch(given, lambda: self._introspect_token(http, given, self._deadline()))
+        return await self._bounded(deadline, "GET /auth/introspect", load)
 
     def introspect_many(
         self, tokens: Iterable[str] | AsyncIterable[str], *, concurrency: int = 64, ordered: bool = True
@@ -337,20 +332,10 @@ class MoneyKitSession:
             raise SessionClosedError("this MoneyKitSession is closed; create a new one")
         return BatchResults(tokens, self.introspect, concurrency=concurrency, ordered=ordered)
 
-    async def _introspect_shared(self, http: aiohttp.ClientSession, token: str) -> AccessTokenDetails:
-        # Runs in the cache's own task for all coalesced callers, so it carries its own deadline.
-        deadline = self._deadline()
-        async with asyncio.timeout_at(deadline):
-            return await self._introspect_token(http, token, deadline)
-
     async def get_access_token(self) -> AccessToken:
         """The session's own access token, minted or refreshed as needed (for use with other APIs)."""
         self._http()
-        try:
-            async with asyncio.timeout_at(self._deadline()):
-                return await self._tokens.get()
-        except TimeoutError:
-            raise self._timeout_error("POST /auth/token") from None
+        return await self._bounded(self._deadline(), "POST /auth/token", self._tokens.get())
 
     async def _introspect_own(self, http: aiohttp.ClientSession, deadline: float | None) -> AccessTokenDetails:
         own = await self._tokens.get()
@@ -367,8 +352,7 @@ class MoneyKitSession:
     async def _introspect_token(
         self, http: aiohttp.ClientSession, token: str, deadline: float | None
     ) -> AccessTokenDetails:
-        headers = self._headers.copy()
-        headers["Authorization"] = "Bearer " + token
+        headers = {**self._headers, "Authorization": "Bearer " + token}
         return await self._call(http, "GET", self._introspect_url, headers, None, parse_introspection, deadline, token)
 
     async def _mint(self) -> AccessToken:
@@ -380,20 +364,24 @@ class MoneyKitSession:
         def parse(status: int, response_headers: Mapping[str, str], body: bytes) -> AccessToken:
             return parse_token(status, response_headers, body, obtained_at=obtained_at)
 
-        # The mint runs in its own task (callers wait on it shielded), so it needs its own deadline.
-        deadline = self._deadline()
-        try:
-            async with asyncio.timeout_at(deadline):
-                token = await self._call(self._http(), "POST", self._token_url, headers, form, parse, deadline)
-        except RequestTimeoutError:
-            raise
-        except TimeoutError:
-            raise self._timeout_error("POST /auth/token") from None
+        # The mint runs in its own task (callers wait on it shielded), so it has its own deadline.
+        token = await self._call(self._http(), "POST", self._token_url, headers, form, parse, self._deadline())
         if self._on_event is not None:
             emit(self._on_event, TokenRefreshed(token.fingerprint, token.expires_in))
         return token
 
     # -- retries -----------------------------------------------------------------------------------
+
+    async def _bounded(self, deadline: float | None, what: str, work: Awaitable[_T]) -> _T:
+        """`work` within the call's deadline, for waits _call cannot bound: the session's own token, a
+        load shared through the cache. A passed deadline is a RequestTimeoutError."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await work
+        except RequestTimeoutError:  # already ours (it is also a TimeoutError)
+            raise
+        except TimeoutError:
+            raise self._timeout_error(what) from None
 
     def _deadline(self) -> float | None:
         total = self._timeout.total
@@ -474,8 +462,9 @@ class MoneyKitSession:
                 if delay is None:
                     error.retries_taken = retries
                     raise
+                reason = _reason(error)
                 if hook is not None:
-                    emit(hook, RetryScheduled(method, url.path, retries + 1, delay, _reason(error), tag))
+                    emit(hook, RetryScheduled(method, url.path, retries + 1, delay, reason, tag))
                 retries += 1
                 logger.debug(
                     "retrying %s %s (retry %d of %d) in %.3f s after %s",
@@ -484,7 +473,7 @@ class MoneyKitSession:
                     retries,
                     self._retry.max_retries,
                     delay,
-                    _reason(error),
+                    reason,
                 )
                 await asyncio.sleep(delay)
                 continue
@@ -499,7 +488,8 @@ class MoneyKitSession:
             raise RateLimitError(
                 status=429,
                 error_code=RATE_LIMIT_EXCEEDED,
-                error_message="MoneyKit asked this session to slow down for longer than the call's deadline",
+                error_message="MoneyKit asked this session to wait longer than this call may (its deadline, "
+                "or RetryPolicy.max_retry_after)",
                 retry_after=wait,
             )
         logger.debug("waiting %.3f s: MoneyKit rate-limited this session", wait)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import io
-import os
 import signal
 import subprocess
 import sys
@@ -21,11 +20,9 @@ from moneykit_async import IntrospectionCache, MoneyKitSession, RetryPolicy
 from moneykit_async._demo import run_demo
 from moneykit_async.testing import FakeMoneyKit, Fault
 
+from .helpers import clean_env
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("MONEYKIT_")}
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -22,6 +22,7 @@ from .._config import API_VERSION
 
 __all__ = ["Fault", "FakeClient", "FakeMoneyKit", "RecordedRequest"]
 
+_FORM = web.RequestKey("moneykit_fake_form", dict[str, str])
 TOKEN_PATH = "/auth/token"
 INTROSPECT_PATH = "/auth/introspect"
 DEFAULT_SCOPE = "link_session:create link:data:read link:data:refresh institutions:read"
@@ -315,13 +316,16 @@ class FakeMoneyKit:
     async def _middleware(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        form = dict(await request.post()) if request.method == "POST" else {}
+        form = (
+            {k: v for k, v in (await request.post()).items() if isinstance(v, str)} if request.method == "POST" else {}
+        )
+        request[_FORM] = form  # parsed once, for the recording and the handler
         self.requests.append(
             RecordedRequest(
                 method=request.method,
                 path=request.path,
                 headers=CIMultiDict(request.headers),
-                form={k: v for k, v in form.items() if isinstance(v, str)},
+                form=form,
                 at=time.monotonic(),
             )
         )
@@ -397,7 +401,7 @@ class FakeMoneyKit:
         return basic or body
 
     async def _token(self, request: web.Request) -> web.Response:
-        form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+        form = request[_FORM]
         if form.get("grant_type") != "client_credentials":
             return _error(400, "api_error.request.invalid", "grant_type must be client_credentials")
         credentials = self._credentials(request, form)

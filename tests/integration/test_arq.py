@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
 import signal
 import sys
 from collections import Counter
@@ -17,6 +16,8 @@ import redis.asyncio as aioredis
 
 from moneykit_async.contrib.arq import Chunk, plan_chunks
 from moneykit_async.testing import FakeMoneyKit
+
+from ..helpers import clean_env
 
 SCRIPT = str(Path(sys.executable).with_name("moneykit-async"))
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,12 +38,7 @@ def test_chunks_cover_the_file_on_line_boundaries(tmp_path: Path) -> None:
 
 @pytest.fixture
 async def workers(fake: FakeMoneyKit, redis_url: str) -> AsyncIterator[list[asyncio.subprocess.Process]]:
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("MONEYKIT_")},
-        "MONEYKIT_ARQ_REDIS_URL": redis_url,
-        "MONEYKIT_BASE_URL": fake.base_url,
-        "MONEYKIT_ARQ_CONCURRENCY": "8",
-    }
+    env = clean_env(MONEYKIT_ARQ_REDIS_URL=redis_url, MONEYKIT_BASE_URL=fake.base_url, MONEYKIT_ARQ_CONCURRENCY="8")
     processes = []
     for _ in range(2):
         process = await asyncio.create_subprocess_exec(
@@ -95,7 +91,7 @@ async def test_two_workers_check_every_token_exactly_once(
         str(path),
         "--chunk-bytes",
         "4096",
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("MONEYKIT_")}},
+        env=clean_env(),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -125,11 +121,10 @@ async def test_two_workers_check_every_token_exactly_once(
 
 @pytest.mark.slow
 async def test_distributed_example_runs_two_workers(redis_url: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MONEYKIT_")}
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         str(ROOT / "examples" / "distributed_check.py"),
-        env={**env, "REDIS_URL": redis_url},
+        env=clean_env(REDIS_URL=redis_url),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

@@ -24,12 +24,9 @@ from moneykit_async import (
 )
 from moneykit_async.testing import FakeMoneyKit, Fault
 
+from ..helpers import connections_in_use
+
 INTROSPECT = "/auth/introspect"
-
-
-def connections_in_use(mk: MoneyKitSession) -> int:
-    assert mk._client is not None and mk._client.connector is not None
-    return len(mk._client.connector._acquired)
 
 
 @pytest.fixture

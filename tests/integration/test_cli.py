@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import signal
 import sys
 from collections import deque
@@ -14,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from moneykit_async import MoneyKitSession
-from moneykit_async._cli import LINES_PER_READ, Progress, read_tokens
+from moneykit_async._cli import LINES_PER_READ, Progress, read_tokens, run_check
 from moneykit_async.testing import FakeMoneyKit
+
+from ..helpers import clean_env
 
 SCRIPT = str(Path(sys.executable).with_name("moneykit-async"))
 
@@ -27,7 +28,7 @@ async def run_cli(
     creds: bool = True,
     secret: str | None = None,
 ) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MONEYKIT_")}
+    env = clean_env()
     if fake is not None:
         env["MONEYKIT_BASE_URL"] = fake.base_url
         if creds:
@@ -148,7 +149,7 @@ async def test_check_usage_errors_exit_2(fake: FakeMoneyKit, tmp_path: Path) -> 
 
 
 async def test_sandbox_serves_until_terminated(no_leaked_tasks: None) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MONEYKIT_")}
+    env = clean_env()
     process = await asyncio.create_subprocess_exec(
         SCRIPT, "sandbox", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
     )
@@ -203,11 +204,27 @@ def test_progress_is_silent_off_a_terminal_and_plain_on_one() -> None:
             return True
 
     quiet = io.StringIO()
-    Progress(quiet, None).update(10, 0.5)
+    Progress(quiet).update(10, 0.5)
     assert quiet.getvalue() == ""
     tty = Terminal()
-    progress = Progress(tty, 1000)
+    progress = Progress(tty)
     progress._last = -1.0
     progress.update(500, 0.5)
     progress.close()
     assert "checked 500 tokens" in tty.getvalue() and "ETA" in tty.getvalue()
+
+
+async def test_check_on_a_terminal_shows_rate_and_eta_from_the_file_size(fake: FakeMoneyKit, tmp_path: Path) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    path = tmp_path / "tokens.txt"
+    path.write_text("".join(fake.mint_token() + "\n" for _ in range(20)))
+    terminal, records = Terminal(), io.StringIO()
+    with path.open(encoding="utf-8") as stream:
+        async with MoneyKitSession(base_url=fake.base_url) as mk:
+            outcomes = await run_check(mk, stream, records, terminal, concurrency=4, total_bytes=path.stat().st_size)
+    assert outcomes == {"valid": 20}
+    assert "checked 1 tokens" in terminal.getvalue() and "ETA" in terminal.getvalue()
+    assert len(records.getvalue().splitlines()) == 20

@@ -30,6 +30,8 @@ from moneykit_async import (
 )
 from moneykit_async.testing import FakeMoneyKit, Fault
 
+from ..helpers import connections_in_use
+
 INTROSPECT = "/auth/introspect"
 FAST_RETRY = RetryPolicy(max_retries=2, backoff_base=0.01, backoff_max=0.05)
 TIMEOUT = Timeout(total=3.0, connect=1.0, attempt=0.5)
@@ -167,12 +169,6 @@ MATRIX = [
 ]
 
 
-def live_connections(mk: MoneyKitSession) -> int:
-    http = mk._client
-    assert http is not None and http.connector is not None
-    return len(http.connector._acquired)
-
-
 @pytest.fixture
 async def mk(fake: FakeMoneyKit) -> AsyncIterator[MoneyKitSession]:
     async with MoneyKitSession(base_url=fake.base_url, retry=FAST_RETRY, timeout=TIMEOUT) as session:
@@ -205,7 +201,7 @@ async def test_fault_matrix(fake: FakeMoneyKit, mk: MoneyKitSession, row: Row) -
     assert fake.count(INTROSPECT) == row.requests
     assert row.min_elapsed <= elapsed < TIMEOUT.total + 0.5  # type: ignore[operator]
     await asyncio.sleep(0)
-    assert live_connections(mk) == 0
+    assert connections_in_use(mk) == 0
 
 
 async def test_latency_beyond_the_deadline_fails_fast(fake: FakeMoneyKit) -> None:
@@ -215,7 +211,7 @@ async def test_latency_beyond_the_deadline_fails_fast(fake: FakeMoneyKit) -> Non
         with pytest.raises(RequestTimeoutError):
             await mk.introspect(fake.mint_token())
         elapsed = time.monotonic() - started
-        assert live_connections(mk) == 0
+        assert connections_in_use(mk) == 0
     assert 0.5 <= elapsed < 1.5
     assert fake.count(INTROSPECT) == 1
 
@@ -297,5 +293,5 @@ async def test_cancellation_is_never_retried(fake: FakeMoneyKit) -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
         await asyncio.sleep(0.1)
-        assert live_connections(mk) == 0
+        assert connections_in_use(mk) == 0
     assert fake.count(INTROSPECT) == 1

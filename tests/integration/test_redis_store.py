@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -15,6 +14,8 @@ import redis.asyncio as aioredis
 from moneykit_async import AccessToken, MoneyKitSession, fingerprint
 from moneykit_async.contrib.redis import RedisTokenStore
 from moneykit_async.testing import FakeMoneyKit, Fault
+
+from ..helpers import clean_env
 
 HERE = Path(__file__).resolve().parent
 
@@ -41,14 +42,13 @@ async def test_token_storm_8_processes_x_100_callers_cause_one_token_request(
     fake.expire_token(expired)  # the fleet believes in it; MoneyKit says it expired
     await seed(store, fake, expired)
     fake.inject("/auth/token", Fault(delay=0.2))  # a slow mint gives every process time to pile up
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("MONEYKIT_")},
-        "MONEYKIT_BASE_URL": fake.base_url,
-        "MONEYKIT_CLIENT_ID": fake.client_id,
-        "MONEYKIT_CLIENT_SECRET": fake.client_secret,
-        "REDIS_URL": redis_url,
-        "CALLERS": "100",
-    }
+    env = clean_env(
+        MONEYKIT_BASE_URL=fake.base_url,
+        MONEYKIT_CLIENT_ID=fake.client_id,
+        MONEYKIT_CLIENT_SECRET=fake.client_secret,
+        REDIS_URL=redis_url,
+        CALLERS="100",
+    )
     processes = [
         await asyncio.create_subprocess_exec(
             sys.executable,
