@@ -13,7 +13,6 @@ from ._errors import MissingCredentialsError, MoneyKitError, SessionClosedError,
 from ._models import AccessToken
 from ._protocol import needs_refresh
 from ._store import MemoryTokenStore, TokenStore, same_token
-from ._tasks import start_shared
 
 __all__ = ["OnTokenRefresh", "TokenManager"]
 
@@ -76,7 +75,10 @@ class TokenManager:
                 )
             return token
         if self._inflight is None:
-            task = self._inflight = start_shared(self._refresh(), "moneykit-token-refresh")
+            # A task of its own, awaited through shield: a waiter's cancellation never cancels it, and
+            # shield reads its failure when every waiter has gone (no "exception never retrieved").
+            loop = asyncio.get_running_loop()
+            task = self._inflight = loop.create_task(self._refresh(), name="moneykit-token-refresh")
         else:
             task = self._inflight
         try:

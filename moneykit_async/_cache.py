@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 
 from ._config import check_seconds, check_whole
 from ._models import AccessTokenDetails
-from ._tasks import start_shared
 
 __all__ = ["IntrospectionCache"]
 
@@ -102,7 +101,9 @@ class IntrospectionCache:
         task = self._inflight.get(key)
         if task is None:
             self.misses += 1
-            task = self._inflight[key] = start_shared(self._load(key, load), "moneykit-introspection")
+            # Its own task, awaited through shield, as the token refresh (see TokenManager.get).
+            loop = asyncio.get_running_loop()
+            task = self._inflight[key] = loop.create_task(self._load(key, load), name="moneykit-introspection")
         return await asyncio.shield(task)
 
     async def _load(self, key: bytes, load: Callable[[], Awaitable[AccessTokenDetails]]) -> AccessTokenDetails:

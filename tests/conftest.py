@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from collections.abc import AsyncIterator, Iterator
 
@@ -20,7 +21,22 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def no_leaked_tasks() -> AsyncIterator[None]:
+async def loop_errors() -> AsyncIterator[list[dict[str, object]]]:
+    """Fails the test if asyncio reports an error nobody received, such as "Task exception was never
+    retrieved" (a log message, not a warning, so -W error alone would not catch it)."""
+    loop = asyncio.get_running_loop()
+    seen: list[dict[str, object]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: seen.append(context))
+    yield seen
+    gc.collect()  # a dropped task with an unread exception reports it when it is collected
+    await asyncio.sleep(0)
+    loop.set_exception_handler(previous)
+    assert [context.get("message") for context in seen] == []
+
+
+@pytest.fixture
+async def no_leaked_tasks(loop_errors: list[dict[str, object]]) -> AsyncIterator[None]:
     """Fails the test if it leaves a task running (a refresh, a request, a server handler)."""
     yield
     current = asyncio.current_task()

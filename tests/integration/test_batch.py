@@ -74,6 +74,24 @@ async def test_the_input_is_consumed_lazily(fake: FakeMoneyKit, mk: MoneyKitSess
     assert fake.count(INTROSPECT) <= drawn
 
 
+async def test_a_stalled_consumer_holds_back_the_workers(fake: FakeMoneyKit, mk: MoneyKitSession) -> None:
+    token = fake.mint_token()
+    drawn = 0
+
+    def source() -> Iterator[str]:
+        nonlocal drawn
+        for _ in range(10_000):
+            drawn += 1
+            yield token
+
+    results = mk.introspect_many(source(), concurrency=4)
+    assert (await anext(results)).ok
+    await asyncio.sleep(0.3)  # plenty of time to check thousands of tokens if nothing held them back
+    await results.aclose()
+    assert drawn <= 1 + 2 * 4  # finished-but-unread results never exceed the window
+    assert fake.count(INTROSPECT) <= drawn
+
+
 async def test_async_iterables_are_accepted(fake: FakeMoneyKit, mk: MoneyKitSession) -> None:
     async def source() -> AsyncIterator[str]:
         for _ in range(30):

@@ -8,6 +8,7 @@ import json
 import signal
 import sys
 from collections import deque
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,14 @@ async def test_introspect_prints_the_details_as_json(fake: FakeMoneyKit) -> None
     assert data["scopes"] == sorted(fake.demo_client.scope.split())
     assert data["disabled_at"] is None
     assert token not in out + err
+
+
+async def test_introspect_prints_disabled_at_in_iso_8601(fake: FakeMoneyKit) -> None:
+    token = fake.mint_token()
+    fake.disable_client(at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    code, out, err = await run_cli("introspect", token, fake=fake)
+    assert code == 0, err
+    assert json.loads(out)["disabled_at"] == "2026-01-02T03:04:05+00:00"
 
 
 async def test_introspect_without_a_token_shows_the_clients_own(fake: FakeMoneyKit) -> None:

@@ -153,6 +153,19 @@ async def test_a_slow_answer_hits_the_deadline(fake: FakeMoneyKit) -> None:
     assert elapsed < 1.5  # the deadline, not the server, ended the call
 
 
+async def test_an_attempt_timeout_on_the_own_token_path_keeps_its_own_message(fake: FakeMoneyKit) -> None:
+    fake.inject(INTROSPECT, Fault(delay=2.0))
+    async with MoneyKitSession(
+        base_url=fake.base_url,
+        client_id=fake.client_id,
+        client_secret=fake.client_secret,
+        timeout=Timeout(total=5.0, attempt=0.2),
+        retry=RetryPolicy(max_retries=0),
+    ) as mk:
+        with pytest.raises(RequestTimeoutError, match=r"one attempt at GET /auth/introspect took longer than 0\.2 s"):
+            await mk.introspect()
+
+
 async def test_the_deadline_covers_waiting_for_the_token(fake: FakeMoneyKit) -> None:
     fake.inject("/auth/token", Fault(delay=2.0))
     async with MoneyKitSession(

@@ -138,6 +138,18 @@ async def test_one_cancelled_waiter_does_not_cancel_the_shared_load(clock: Clock
     assert load.calls == 1
 
 
+@pytest.mark.usefixtures("loop_errors")
+async def test_a_failed_load_whose_waiters_all_left_is_not_reported_as_unretrieved(clock: Clock) -> None:
+    c, load = cache(clock), Loader(ServerError(status=503))
+    load.gate = asyncio.Event()
+    waiter = asyncio.create_task(c.fetch("tok", load))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    load.gate.set()
+    await asyncio.sleep(0.01)
+    assert load.calls == 1 and len(c) == 0
+
+
 @pytest.mark.parametrize("kwargs", [{"ttl": 0}, {"ttl": -1}, {"ttl": float("inf")}, {"max_size": 0}, {"max_size": 1.5}])
 def test_bad_settings_are_refused(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigurationError):

@@ -126,6 +126,21 @@ async def test_a_refresh_whose_waiters_all_left_still_completes(mint: Mint, cloc
     assert mint.calls == 1
 
 
+@pytest.mark.usefixtures("loop_errors")
+async def test_a_failed_refresh_whose_waiters_all_left_is_not_reported_as_unretrieved(mint: Mint, clock: Clock) -> None:
+    tokens = manager(mint, clock)
+    mint.gate = asyncio.Event()
+    mint.fail_with = ServerError(status=503)
+    waiter = asyncio.create_task(tokens.get())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    mint.gate.set()
+    await asyncio.sleep(0.01)
+    assert mint.calls == 1
+    assert waiter.cancelled()
+    # loop_errors then collects garbage and fails on any "Task exception was never retrieved"
+
+
 async def test_invalidate_drops_only_the_rejected_token(mint: Mint, clock: Clock) -> None:
     tokens = manager(mint, clock)
     old = await tokens.get()
