@@ -6,12 +6,13 @@ async with MoneyKitSession(client_id=..., client_secret=...) as mk:
 
 import logging
 
-from ._batch import BatchResults, ClientDisabledError, IntrospectionResult
+from ._batch import BatchResults, IntrospectionResult
 from ._cache import IntrospectionCache
 from ._config import Timeout
 from ._errors import (
     APIError,
     AuthenticationError,
+    ClientDisabledError,
     ConfigurationError,
     ExpiredAccessTokenError,
     InvalidInputError,

@@ -7,27 +7,37 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final, TypeVar
 
-from ._errors import MissingCredentialsError, MoneyKitError, SessionClosedError, TokenRefreshError
+from ._errors import MissingCredentialsError, MoneyKitError, refresh_error
+from ._flight import SingleFlight
 from ._models import AccessToken
 from ._protocol import needs_refresh
-from ._store import MemoryTokenStore, TokenStore, same_token
+from ._store import MemoryTokenStore, TokenStore
 
-__all__ = ["OnTokenRefresh", "TokenManager"]
+__all__ = ["DEFAULT_HOOK_TIMEOUT", "DEFAULT_STORE_TIMEOUT", "OnTokenRefresh", "TokenManager"]
 
 logger = logging.getLogger("moneykit_async")
 
 OnTokenRefresh = Callable[[AccessToken], Awaitable[Any] | Any]
 
+# Each token-store operation (read, lock, write) gets this long before the session gives up on the
+# store and mints on its own: well inside the default Timeout.total of 10 s, with room for the mint.
+DEFAULT_STORE_TIMEOUT: Final = 5.0
+# An on_token_refresh hook that runs longer is abandoned (and logged); it never delays a caller.
+DEFAULT_HOOK_TIMEOUT: Final = 10.0
+
+_T = TypeVar("_T")
+
 
 class TokenManager:
     """Hands out the session's current token and replaces it when it is stale or rejected as expired.
 
-    Single flight: however many callers find the token stale at once, one `mint()` runs and all of them
-    get its token or its error. The mint runs in its own task and callers wait on it through
-    `asyncio.shield`, so a caller that is cancelled (or times out) never cancels the mint others wait
-    on. A failed mint is not remembered: the next caller starts a fresh one.
+    Single flight: however many callers find the token stale at once, one refresh runs and all of them
+    get its token or its error (see `SingleFlight`). A failed refresh is not remembered: the next caller
+    starts a fresh one. Nothing the refresh depends on can wedge it: every store operation is bounded
+    by `store_timeout` (then it mints locally), and the `on_refresh` hook runs after the waiters have
+    their token, in a task of its own bounded by `hook_timeout`.
     """
 
     def __init__(
@@ -40,6 +50,8 @@ class TokenManager:
         clock: Callable[[], float] = time.monotonic,
         store: TokenStore | None = None,
         namespace: str = "default",
+        store_timeout: float = DEFAULT_STORE_TIMEOUT,
+        hook_timeout: float = DEFAULT_HOOK_TIMEOUT,
     ) -> None:
         self._mint = mint
         self._store: TokenStore = store if store is not None else MemoryTokenStore()
@@ -49,7 +61,12 @@ class TokenManager:
         self._skew = skew
         self._on_refresh = on_refresh
         self._clock = clock
-        self._inflight: asyncio.Task[AccessToken] | None = None
+        self._store_timeout = store_timeout
+        self._hook_timeout = hook_timeout
+        self._flight: SingleFlight[None, AccessToken] = SingleFlight(
+            "moneykit-token-refresh", "the session was closed while waiting for its access token"
+        )
+        self._hooks: set[asyncio.Task[None]] = set()
 
     @property
     def can_refresh(self) -> bool:
@@ -74,21 +91,7 @@ class TokenManager:
                     "or pass the token to check as introspect(token)"
                 )
             return token
-        if self._inflight is None:
-            # A task of its own, awaited through shield: a waiter's cancellation never cancels it, and
-            # shield reads its failure when every waiter has gone (no "exception never retrieved").
-            loop = asyncio.get_running_loop()
-            task = self._inflight = loop.create_task(self._refresh(), name="moneykit-token-refresh")
-        else:
-            task = self._inflight
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if task.cancelled() and current is not None and not current.cancelling():
-                # The refresh was cancelled by close(), not this caller: say so instead of a bare cancel.
-                raise SessionClosedError("the session was closed while waiting for its access token") from None
-            raise
+        return await self._flight.run(None, self._refresh)
 
     def invalidate(self, token: AccessToken) -> None:
         """Mark `token` as rejected by MoneyKit; the next `get()` mints a new one.
@@ -101,59 +104,92 @@ class TokenManager:
             self._rejected = token
 
     async def _refresh(self) -> AccessToken:
-        base_mint = self._mint
-        assert base_mint is not None
-        minted: list[AccessToken] = []
-
-        async def mint() -> AccessToken:
-            token = await base_mint()
-            minted.append(token)
-            return token
-
-        def is_fresh(token: AccessToken) -> bool:
-            return not needs_refresh(token, self._clock(), self._skew)
-
         try:
-            try:
-                # Another process may have stored a fresh token already; otherwise replace the stale
-                # one (the store makes sure only one process of the fleet mints).
-                stored = await self._store.get(self._namespace)
-                rejected = self._rejected
-                if stored is not None and is_fresh(stored) and not same_token(stored, rejected):
-                    token = stored
-                else:
-                    token = await self._store.refresh(self._namespace, stored or rejected, mint, is_fresh)
-            except MoneyKitError as exc:
-                logger.warning("could not obtain an access token: %s", exc)
-                raise TokenRefreshError(
-                    f"could not obtain the session's access token: {exc}; check client_id, client_secret "
-                    "and scope (or MONEYKIT_CLIENT_ID / MONEYKIT_CLIENT_SECRET) and the base URL"
-                ) from exc
-            self._token = token
-            self._rejected = None
-            if minted and minted[-1] is token:
-                logger.debug("obtained access token %s (expires in %s s)", token.fingerprint, token.expires_in)
-                await self._notify(token)
-            else:
-                logger.debug("reusing stored access token %s", token.fingerprint)
-            return token
-        finally:
-            self._inflight = None
+            token, minted = await self._obtain()
+        except MoneyKitError as exc:
+            logger.warning("could not obtain an access token: %s", exc)
+            raise refresh_error(exc) from exc
+        self._token = token
+        self._rejected = None
+        if minted:
+            logger.debug("obtained access token %s (expires in %s s)", token.fingerprint, token.expires_in)
+            self._notify(token)
+        else:
+            logger.debug("reusing stored access token %s", token.fingerprint)
+        return token
 
-    async def _notify(self, token: AccessToken) -> None:
+    def _usable(self, token: AccessToken | None) -> bool:
+        # The one compare-and-set decision: fresh, and not the token MoneyKit just rejected.
+        rejected = self._rejected
+        return (
+            token is not None
+            and not needs_refresh(token, self._clock(), self._skew)
+            and (rejected is None or token.access_token != rejected.access_token)
+        )
+
+    async def _obtain(self) -> tuple[AccessToken, bool]:
+        """A usable stored token (False), or a newly minted one (True) stored for the others."""
+        assert self._mint is not None
+        namespace = self._namespace
+        stored = await self._with_store("read the token", lambda: self._store.get(namespace))
+        if self._usable(stored):
+            assert stored is not None
+            return stored, False
+        lock = self._store.lock(namespace)
+        held = await self._with_store("take the token lock", lock.acquire) is True  # else: mint unlocked
+        try:
+            if held:  # double-checked: whoever held the lock before us may have stored a fresh token
+                stored = await self._with_store("read the token", lambda: self._store.get(namespace))
+                if self._usable(stored):
+                    assert stored is not None
+                    return stored, False
+            token = await self._mint()
+            await self._with_store("store the new token", lambda: self._store.put(namespace, token))
+            return token, True
+        finally:
+            if held:
+                await self._with_store("release the token lock", lock.release)
+
+    async def _with_store(self, what: str, operation: Callable[[], Awaitable[_T]]) -> _T | None:
+        """`operation()` within `store_timeout`; a failure or hang is logged and reads as None."""
+        try:
+            async with asyncio.timeout(self._store_timeout):
+                return await operation()
+        except TimeoutError:
+            logger.warning("the token store did not %s within %g s; going on without it", what, self._store_timeout)
+        except Exception as exc:  # noqa: BLE001 - a broken store must never become a MoneyKit outage
+            logger.warning("the token store failed to %s (%s); going on without it", what, type(exc).__name__)
+        return None
+
+    def _notify(self, token: AccessToken) -> None:
         if self._on_refresh is None:
             return
+        # After the waiters: they already have the token when the hook starts, however long it runs.
+        task = asyncio.get_running_loop().create_task(self._run_hook(token), name="moneykit-token-hook")
+        self._hooks.add(task)
+        task.add_done_callback(self._hooks.discard)
+
+    async def _run_hook(self, token: AccessToken) -> None:
+        assert self._on_refresh is not None
         try:
-            result = self._on_refresh(token)
-            if inspect.isawaitable(result):
-                await result
+            async with asyncio.timeout(self._hook_timeout):
+                result = self._on_refresh(token)
+                if inspect.isawaitable(result):
+                    await result
+        except TimeoutError:
+            logger.warning(
+                "on_token_refresh hook did not finish within %g s for token %s; abandoned it",
+                self._hook_timeout,
+                token.fingerprint,
+            )
         except Exception:  # a metrics or persistence hook must never break the request path
             logger.exception("on_token_refresh hook failed for token %s", token.fingerprint)
 
     async def aclose(self) -> None:
-        """Cancel a refresh in flight (when the session closes) and wait for it to finish."""
-        task = self._inflight
-        if task is not None and not task.done():
+        """Cancel a refresh and hooks in flight (when the session closes) and wait for them to finish."""
+        await self._flight.cancel()
+        hooks = list(self._hooks)
+        for task in hooks:
             task.cancel()
-            await asyncio.wait({task})
-        self._inflight = None
+        if hooks:
+            await asyncio.wait(hooks)

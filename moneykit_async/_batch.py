@@ -1,9 +1,10 @@
-"""Streaming batch introspection: a fixed pool of workers over a lazily consumed token source.
+"""Streaming batch introspection: a pool of workers over a lazily consumed token source.
 
-Workers, not a task per token: `concurrency` long-lived tasks pull the next token when they are free,
-so the input is never drained ahead of the window, memory stays O(concurrency) and no task is created
-per request. A semaphore of `2 * concurrency` permits bounds what is in flight plus what waits to be
-yielded (in input order, a slow token holds back at most one window of finished results).
+Workers, not a task per token: up to `concurrency` long-lived tasks pull the next token when they are
+free, so the input is never drained ahead of the window, memory stays O(concurrency) and no task is
+created per request. The pool grows one worker per token found, so a batch of 3 tokens starts 3
+workers whatever `concurrency` says. A semaphore of `2 * concurrency` permits bounds what is in flight
+plus what waits to be yielded (in input order, a slow token holds back at most one window of results).
 """
 
 from __future__ import annotations
@@ -17,18 +18,10 @@ from typing import Self
 import attrs
 
 from ._config import check_whole
-from ._errors import MoneyKitError, SessionClosedError, UsageError
+from ._errors import ClientDisabledError, MoneyKitError, SessionClosedError, UsageError
 from ._models import AccessTokenDetails, fingerprint
 
 __all__ = ["BatchResults", "ClientDisabledError", "IntrospectionResult"]
-
-
-class ClientDisabledError(MoneyKitError):
-    """The token is valid but its client is disabled (`disabled_at` has passed); batch results only."""
-
-    def __init__(self, disabled_at: object) -> None:
-        self.disabled_at = disabled_at
-        super().__init__(f"the token's client was disabled at {disabled_at}; it can no longer be used")
 
 
 @attrs.frozen
@@ -100,12 +93,19 @@ class BatchResults:
         self._pending: dict[int, IntrospectionResult] = {}  # ordered: finished, not yet yielded
         self._ready: deque[IntrospectionResult] = deque()  # unordered
         self._next_to_yield = 0
-        self._failure: BaseException | None = None
+        self._failure: BaseException | None = None  # ends the batch at once (the session closed)
+        self._source_error: Exception | None = None  # raised once the tokens already sent are delivered
         self._wakeup: asyncio.Future[None] | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False
         self._running = 0
         self._closed = False
+
+    @property
+    def concurrency(self) -> int:
+        """The most requests this batch has in flight at once."""
+        return self._concurrency
 
     # -- consumer side -----------------------------------------------------------------------------
 
@@ -137,9 +137,9 @@ class BatchResults:
     async def __anext__(self) -> IntrospectionResult:
         if self._closed:
             raise StopAsyncIteration
-        if not self._workers:
-            self._start()
         try:
+            if not self._started:
+                await self._start()
             while True:
                 result = self._take_ready()
                 if result is not None:
@@ -148,6 +148,9 @@ class BatchResults:
                 if self._failure is not None:
                     raise self._failure
                 if self._running == 0:
+                    # Every token handed out has been delivered: only now may a broken source end the batch.
+                    if self._source_error is not None:
+                        raise self._source_error
                     await self.aclose()
                     raise StopAsyncIteration
                 assert self._loop is not None
@@ -170,6 +173,17 @@ class BatchResults:
         if self._closed:
             return
         self._closed = True
+        await self._stop_workers()
+
+    async def abort(self, error: BaseException) -> None:
+        """Stop the workers and make the consumer raise `error` (the session is closing)."""
+        if self._closed or self._failure is not None:
+            return
+        self._failure = error
+        await self._stop_workers()
+        self._wake()
+
+    async def _stop_workers(self) -> None:
         workers = self._workers
         for worker in workers:
             worker.cancel()
@@ -180,16 +194,40 @@ class BatchResults:
 
     # -- worker side -------------------------------------------------------------------------------
 
-    def _start(self) -> None:
+    async def _start(self) -> None:
         # Kept: asyncio.get_running_loop() costs a getpid() syscall per call on Python 3.11.
-        loop = self._loop = asyncio.get_running_loop()
-        self._workers = [loop.create_task(self._work(), name="moneykit-batch-worker") for _ in range(self._concurrency)]
-        self._running = len(self._workers)
+        self._loop = asyncio.get_running_loop()
+        self._started = True
+        first = await self._pull()
+        if first is not None:
+            self._spawn(first)
+
+    def _spawn(self, item: tuple[int, str]) -> None:
+        assert self._loop is not None
+        self._workers.append(self._loop.create_task(self._work(item), name="moneykit-batch-worker"))
+        self._running += 1
 
     def _wake(self) -> None:
         wakeup = self._wakeup
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
+
+    async def _pull(self) -> tuple[int, str] | None:
+        """The next token with a window permit held for it, or None (permit returned) at the end."""
+        await self._window.acquire()
+        try:
+            item = await self._next_token()
+        except Exception as exc:  # noqa: BLE001 - the source broke: finish what was sent, then raise it
+            self._exhausted = True
+            if self._source_error is None:
+                self._source_error = exc
+            item = None
+        except BaseException:
+            self._window.release()
+            raise
+        if item is None:
+            self._window.release()
+        return item
 
     async def _next_token(self) -> tuple[int, str] | None:
         if self._exhausted:
@@ -214,14 +252,14 @@ class BatchResults:
         self._next_index += 1
         return index, token
 
-    async def _work(self) -> None:
+    async def _work(self, item: tuple[int, str] | None) -> None:
         try:
-            while True:
-                await self._window.acquire()
-                item = await self._next_token()
-                if item is None:
-                    self._window.release()
-                    return
+            while item is not None:
+                if len(self._workers) < self._concurrency and not self._exhausted:
+                    # Grow the pool only by tokens that exist: the new worker starts with one in hand.
+                    extra = await self._pull()
+                    if extra is not None:
+                        self._spawn(extra)
                 index, token = item
                 result = await self._check_one(index, token)
                 if self._ordered:
@@ -231,6 +269,7 @@ class BatchResults:
                 else:
                     self._ready.append(result)
                     self._wake()
+                item = await self._pull()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it: the batch ends

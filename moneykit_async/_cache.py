@@ -7,7 +7,6 @@ moment MoneyKit says the client is disabled; `functools.lru_cache` and friends d
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from collections import OrderedDict
@@ -15,13 +14,14 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from ._config import check_seconds, check_whole
+from ._flight import SingleFlight
 from ._models import AccessTokenDetails
 
 __all__ = ["IntrospectionCache"]
 
 
 def _key(token: str) -> bytes:
-    return hashlib.blake2b(token.encode(), digest_size=16).digest()
+    return hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 class IntrospectionCache:
@@ -29,8 +29,10 @@ class IntrospectionCache:
 
     Pass it as `MoneyKitSession(introspection_cache=IntrospectionCache(ttl=30, max_size=10_000))`.
     Concurrent introspections of the same token share one request; errors are never cached; an entry
-    never outlives the client's `disabled_at`. Keys are BLAKE2b hashes of tokens, so the cache holds
-    no token. `clock` (default `time.monotonic`) and `wall_clock` exist for tests.
+    never outlives the client's `disabled_at`; `invalidate(token)` also discards the answer of a
+    request already in flight for it. Keys are BLAKE2b hashes of tokens, so the cache holds no token.
+    One cache may serve several sessions: each session's requests are its own, so closing one never
+    fails another's calls. `clock` (default `time.monotonic`) and `wall_clock` exist for tests.
     """
 
     def __init__(
@@ -46,7 +48,10 @@ class IntrospectionCache:
         self._clock = clock
         self._wall_clock = wall_clock
         self._entries: OrderedDict[bytes, tuple[AccessTokenDetails, float]] = OrderedDict()
-        self._inflight: dict[bytes, asyncio.Task[AccessTokenDetails]] = {}
+        # Keyed by (owner, token hash): a load belongs to the session that started it.
+        self._loads: SingleFlight[tuple[int, bytes], AccessTokenDetails] = SingleFlight(
+            "moneykit-introspection", "the session was closed while its introspection was in flight"
+        )
         self.hits = 0
         self.misses = 0
 
@@ -61,12 +66,18 @@ class IntrospectionCache:
         return self._lookup(_key(token))
 
     def invalidate(self, token: str) -> None:
-        """Forget `token` (e.g. after learning it was revoked)."""
-        self._entries.pop(_key(token), None)
+        """Forget `token` (e.g. after learning it was revoked), including an answer still in flight."""
+        key = _key(token)
+        self._entries.pop(key, None)
+        for load in self._loads:
+            if load[1] == key:
+                self._loads.forget(load)
 
     def clear(self) -> None:
-        """Forget every entry."""
+        """Forget every entry, and every answer still in flight."""
         self._entries.clear()
+        for load in self._loads:
+            self._loads.forget(load)
 
     def _lookup(self, key: bytes) -> AccessTokenDetails | None:
         entry = self._entries.get(key)
@@ -91,33 +102,40 @@ class IntrospectionCache:
         while len(self._entries) > self.max_size:
             self._entries.popitem(last=False)
 
-    async def fetch(self, token: str, load: Callable[[], Awaitable[AccessTokenDetails]]) -> AccessTokenDetails:
-        """The details of `token` from the cache, or from `load()`, run once however many callers wait."""
+    def lookup(self, token: str) -> AccessTokenDetails | None:
+        """`get`, counted as a hit when found: the session's synchronous first look (no task, no timer)."""
+        details = self._lookup(_key(token))
+        if details is not None:
+            self.hits += 1
+        return details
+
+    async def fetch(
+        self, token: str, load: Callable[[], Awaitable[AccessTokenDetails]], *, owner: object = None
+    ) -> AccessTokenDetails:
+        """The details of `token` from the cache, or from `load()`, run once however many callers of
+        the same `owner` (a session) wait."""
         key = _key(token)
         details = self._lookup(key)
         if details is not None:
             self.hits += 1
             return details
-        task = self._inflight.get(key)
-        if task is None:
+        flight = (id(owner), key)
+        if flight not in self._loads:
             self.misses += 1
-            # Its own task, awaited through shield, as the token refresh (see TokenManager.get).
-            loop = asyncio.get_running_loop()
-            task = self._inflight[key] = loop.create_task(self._load(key, load), name="moneykit-introspection")
-        return await asyncio.shield(task)
+        return await self._loads.run(flight, lambda: self._load(flight, load))
 
-    async def _load(self, key: bytes, load: Callable[[], Awaitable[AccessTokenDetails]]) -> AccessTokenDetails:
-        try:
-            details = await load()
-            self._store(key, details)
-            return details
-        finally:
-            self._inflight.pop(key, None)
+    async def _load(
+        self, flight: tuple[int, bytes], load: Callable[[], Awaitable[AccessTokenDetails]]
+    ) -> AccessTokenDetails:
+        details = await load()
+        if self._loads.is_current(flight):  # not invalidated while in flight: an invalidate always wins
+            self._store(flight[1], details)
+        return details
+
+    async def cancel_loads(self, owner: object) -> None:
+        """Cancel the loads `owner` started (its session is closing); their waiters get SessionClosedError."""
+        await self._loads.cancel([flight for flight in self._loads if flight[0] == id(owner)])
 
     async def aclose(self) -> None:
-        """Cancel loads in flight (when the session closes)."""
-        tasks = list(self._inflight.values())
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        """Cancel every load in flight."""
+        await self._loads.cancel()

@@ -1,12 +1,13 @@
 """The `moneykit-async` command line (also `python -m moneykit_async`).
 
-    moneykit-async introspect [TOKEN]         details of TOKEN (or of the configured client's token) as JSON
+    moneykit-async introspect [-]             details of the token on stdin (or of the configured client's) as JSON
     moneykit-async check [FILE|-]             check one token per line; JSON Lines out, summary on stderr
     moneykit-async sandbox [--port N]         run the offline FakeMoneyKit in the foreground
     moneykit-async demo                       the SDK end to end against the built-in sandbox
 
 Credentials and the base URL come from MONEYKIT_CLIENT_ID, MONEYKIT_CLIENT_SECRET, MONEYKIT_ACCESS_TOKEN
-and MONEYKIT_BASE_URL; --base-url overrides the last. Tokens and secrets are never printed.
+and MONEYKIT_BASE_URL; --base-url overrides the last. Tokens and secrets are never printed. Pass tokens on
+standard input, not as arguments: other users can read a process's arguments (ps, shell history).
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ import json
 import logging
 import os
 import signal
+import stat
 import sys
+import threading
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import IO, Any, TextIO, TypeVar
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from itertools import islice
+from typing import Any, TextIO, TypeVar
 
 from ._batch import ClientDisabledError, IntrospectionResult
 from ._converters import make_converter
@@ -41,24 +45,38 @@ from ._models import AccessTokenDetails, fingerprint
 from ._session import MoneyKitSession
 from ._version import __version__
 
-__all__ = ["EXIT_CODES", "main"]
+__all__ = ["EXIT_CODES", "exit_code_for", "main"]
 
 # `introspect` exit statuses, one per family of error; `check` uses 0, 1 and 2 only.
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_USAGE = 2
+EXIT_CREDENTIALS = 3
+EXIT_RATE_LIMITED = 4
+EXIT_API = 5
+EXIT_NETWORK = 6
+EXIT_UNEXPECTED = 7
+EXIT_INTERRUPTED = 130
 EXIT_CODES: dict[type[BaseException], int] = {
     AuthenticationError: EXIT_INVALID,  # includes ExpiredAccessTokenError
     PermissionDeniedError: EXIT_INVALID,
     ClientDisabledError: EXIT_INVALID,
-    UsageError: EXIT_USAGE,  # configuration, invalid input, closed session
-    TokenRefreshError: 3,
-    RateLimitError: 4,
-    APIError: 5,  # ServerError and any other status
-    TransportError: 6,  # includes RequestTimeoutError
-    ResponseValidationError: 7,
+    UsageError: EXIT_USAGE,  # configuration (MissingCredentialsError too), invalid input, closed session
+    TokenRefreshError: EXIT_CREDENTIALS,  # refined by its cause: see exit_code_for
+    RateLimitError: EXIT_RATE_LIMITED,
+    APIError: EXIT_API,  # ServerError and any other status
+    TransportError: EXIT_NETWORK,  # includes RequestTimeoutError
+    ResponseValidationError: EXIT_UNEXPECTED,
 }
-LINES_PER_READ = 1000  # lines fetched per hop to the reader thread: bounded memory, few thread hops
+# The token endpoint's answers that mean "these credentials cannot have a token" (OAuth invalid_client,
+# invalid_scope, ... are 400s); any other status there is MoneyKit's problem, not the credentials'.
+CREDENTIAL_STATUSES = frozenset({400, 401, 403})
+
+READ_BYTES = 64 * 1024  # bytes per read of a token file or stdin
+PENDING_BLOCKS = 4  # blocks read ahead of the checks at most: memory stays bounded whatever the input
+MAX_LINE_BYTES = 64 * 1024  # longer lines are cut (and reported as invalid_token_format, never sent)
+LINES_PER_BLOCK = 1000  # lines taken at a time from an in-memory text source
+BOM = "\ufeff"
 
 _converter = make_converter()
 _V = TypeVar("_V")
@@ -81,9 +99,24 @@ def _closest(table: dict[type[BaseException], _V], error: BaseException) -> _V |
 
 
 def exit_code_for(error: BaseException) -> int:
-    """The `introspect` exit status for `error` (its closest class in EXIT_CODES)."""
+    """The `introspect` exit status for `error`: its closest class in EXIT_CODES, except that a
+    TokenRefreshError (the configured client could not get its own token) exits by its cause.
+
+    The cause decides because "the credentials are wrong" (3) calls for a different fix than "the network
+    is down" (6), "rate limited" (4), "MoneyKit failed" (5) or "MoneyKit answered nonsense" (7).
+    MissingCredentialsError is a configuration error (2).
+    """
+    if isinstance(error, TokenRefreshError) and not isinstance(error, UsageError):
+        cause = error.__cause__
+        while isinstance(cause, TokenRefreshError) and not isinstance(cause, UsageError) and cause.__cause__:
+            cause = cause.__cause__
+        if isinstance(cause, APIError) and not isinstance(cause, RateLimitError):
+            return EXIT_CREDENTIALS if cause.status in CREDENTIAL_STATUSES else EXIT_API
+        if isinstance(cause, RateLimitError | TransportError | ResponseValidationError | UsageError):
+            return exit_code_for(cause)
+        return EXIT_CREDENTIALS
     code = _closest(EXIT_CODES, error)
-    return 5 if code is None else code
+    return EXIT_API if code is None else code
 
 
 def details_json(details: AccessTokenDetails) -> dict[str, Any]:
@@ -122,35 +155,124 @@ def result_json(line: int, result: IntrospectionResult) -> dict[str, Any]:
 # -- reading tokens --------------------------------------------------------------------------------
 
 
-async def read_tokens(stream: IO[str], line_numbers: deque[int], progress: Callable[[int], None]) -> AsyncIterator[str]:
-    """Yield the non-blank lines of `stream`, stripped, reading in a thread a block at a time.
+async def read_tokens(
+    source: int | Iterable[str],
+    line_numbers: deque[int],
+    progress: Callable[[int], None],
+    *,
+    close: bool = False,
+) -> AsyncIterator[str]:
+    """Yield the non-blank lines of `source`, stripped (and a leading BOM removed), lazily.
 
-    `line_numbers` receives each yielded token's 1-based line number, in order (blank lines are skipped
-    but still counted); `progress` gets the number of characters read so far (bytes, for ASCII tokens).
+    `source` is a file descriptor (a token file, or 0 for standard input) or an in-memory text
+    source (an iterable of lines such as io.StringIO). A descriptor is read by a daemon thread of
+    this generator's own with os.read, so a blocked read never delays the exit of the process (no
+    executor to wait for, no buffered-object lock held), and decoded as UTF-8 with invalid bytes
+    replaced; `close` closes it when the reading ends. `line_numbers` receives each yielded token's
+    1-based line number, in order (blank lines are skipped but still counted); `progress` gets the
+    number of bytes (or characters) read so far.
     """
+    blocks = _fd_blocks(source, close) if isinstance(source, int) else _text_blocks(source)
     number = 0
+    try:
+        async for lines, consumed in blocks:
+            progress(consumed)
+            for raw in lines:
+                number += 1
+                token = (raw.removeprefix(BOM) if number == 1 else raw).strip()
+                if token:
+                    line_numbers.append(number)
+                    yield token
+    finally:
+        await blocks.aclose()
+
+
+async def _text_blocks(lines: Iterable[str]) -> AsyncIterator[tuple[list[str], int]]:
+    iterator = iter(lines)
     consumed = 0
-    while True:
-        block = await asyncio.to_thread(_read_block, stream)
-        if not block:
-            return
+    while block := list(islice(iterator, LINES_PER_BLOCK)):
         consumed += sum(map(len, block))
-        progress(consumed)
-        for raw in block:
-            number += 1
-            token = raw.strip()
-            if token:
-                line_numbers.append(number)
-                yield token
+        yield block, consumed
 
 
-def _read_block(stream: IO[str]) -> list[str]:
-    block = []
-    for raw in stream:
-        block.append(raw)
-        if len(block) >= LINES_PER_READ:
-            break
-    return block
+_Item = tuple[list[str], int, bool] | OSError
+
+
+async def _fd_blocks(fd: int, close: bool) -> AsyncIterator[tuple[list[str], int]]:
+    """Blocks of decoded lines from `fd`, read ahead by a daemon thread at most PENDING_BLOCKS at a time."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[_Item] = asyncio.Queue()
+    stop = threading.Event()
+    slots = threading.Semaphore(PENDING_BLOCKS)
+
+    def post(item: _Item) -> bool:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed: nobody is reading any more
+            return False
+        return True
+
+    reader = threading.Thread(
+        target=_pump, args=(fd, close, post, stop, slots), name="moneykit-token-reader", daemon=True
+    )
+    try:
+        reader.start()
+    except BaseException:
+        if close:
+            os.close(fd)
+        raise
+    try:
+        while True:
+            item = await queue.get()
+            if isinstance(item, OSError):
+                raise UsageError(f"cannot read the tokens: {item.strerror or item}") from None
+            slots.release()
+            lines, consumed, end = item
+            yield lines, consumed
+            if end:
+                return
+    finally:
+        stop.set()
+        slots.release()  # wake the thread if it waits for room: it sees `stop` and ends
+
+
+def _pump(
+    fd: int, close: bool, post: Callable[[_Item], bool], stop: threading.Event, slots: threading.Semaphore
+) -> None:
+    """The reader thread: read `fd` to its end, hand complete lines to the loop a block at a time."""
+    carry = b""  # the start of a line whose end has not been read yet
+    cut = False  # the line in `carry` was longer than MAX_LINE_BYTES: the rest of it is dropped
+    consumed = 0
+    try:
+        while not stop.is_set():
+            data = os.read(fd, READ_BYTES)
+            consumed += len(data)
+            if data:
+                if cut:
+                    newline = data.find(b"\n")
+                    if newline < 0:
+                        continue
+                    data = data[newline:]
+                    carry += b"\xff"  # never a valid token (not UTF-8): reported, never sent
+                    cut = False
+                head, newline_found, tail = (carry + data).rpartition(b"\n")
+                if not newline_found:
+                    carry, cut = tail[:MAX_LINE_BYTES], len(tail) > MAX_LINE_BYTES
+                    continue
+                carry, cut = tail[:MAX_LINE_BYTES], len(tail) > MAX_LINE_BYTES
+                lines = head.decode("utf-8", errors="replace").split("\n")
+            else:
+                lines = [(carry + (b"\xff" if cut else b"")).decode("utf-8", errors="replace")] if carry else []
+            while not slots.acquire(timeout=0.2):
+                if stop.is_set():
+                    return
+            if stop.is_set() or not post((lines, consumed, not data)) or not data:
+                return
+    except OSError as exc:
+        post(exc)
+    finally:
+        if close:
+            os.close(fd)
 
 
 # -- progress --------------------------------------------------------------------------------------

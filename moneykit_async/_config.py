@@ -21,6 +21,7 @@ __all__ = [
     "ENV_BASE_URL",
     "ENV_CLIENT_ID",
     "ENV_CLIENT_SECRET",
+    "Secret",
     "Timeout",
     "check_seconds",
     "check_whole",
@@ -37,6 +38,36 @@ ENV_CLIENT_ID = "MONEYKIT_CLIENT_ID"
 ENV_CLIENT_SECRET = "MONEYKIT_CLIENT_SECRET"
 ENV_ACCESS_TOKEN = "MONEYKIT_ACCESS_TOKEN"
 ENV_BASE_URL = "MONEYKIT_BASE_URL"
+
+
+class Secret:
+    """A value that must never be shown: its repr is masked and it has no `__dict__` for `vars()`."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The value itself, for the one place that sends it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    def __reduce__(self) -> str:
+        raise TypeError("a Secret cannot be pickled")
+
+
+def redact_url(raw: object) -> str:
+    """`raw` as text with any userinfo (user:password@) masked, for messages about a URL."""
+    text = str(raw)
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return text if "@" not in text else "<a URL with credentials>"
+    if "@" in rest:  # everything up to the last "@" may be userinfo: mask it all, over rather than under
+        rest = "***@" + rest.rpartition("@")[2]
+    return f"{scheme}://{rest}"
 
 
 def check_whole(name: str, value: object, *, minimum: int) -> int:
@@ -102,20 +133,21 @@ def resolve_base_url(explicit: str | None, environ: Mapping[str, str], *, allow_
     """
     raw = explicit if explicit is not None else environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
     source = "base_url" if explicit is not None else (ENV_BASE_URL if environ.get(ENV_BASE_URL) else "default")
+    shown = repr(redact_url(raw))  # never echo a password the URL may carry, in any message
     try:
         url = URL(raw)
     except (TypeError, ValueError) as exc:
-        raise ConfigurationError(f"{source} {raw!r} is not a URL: {exc}") from None
+        # The parser's own message can quote the URL: name only the kind of problem.
+        raise ConfigurationError(f"{source} {shown} is not a URL ({type(exc).__name__}); check its spelling") from None
     if url.user or url.password:
-        # The URL is not echoed: it holds a secret.
-        raise ConfigurationError(f"{source} must not carry credentials; pass client_id/client_secret instead")
+        raise ConfigurationError(f"{source} {shown} must not carry credentials; pass client_id/client_secret instead")
     if url.scheme not in ("http", "https") or not url.host:
-        raise ConfigurationError(f"{source} {raw!r} must be an absolute http(s) URL such as {DEFAULT_BASE_URL!r}")
+        raise ConfigurationError(f"{source} {shown} must be an absolute http(s) URL such as {DEFAULT_BASE_URL!r}")
     if url.query_string or url.fragment:
-        raise ConfigurationError(f"{source} must not carry a query or fragment; got {raw!r}")
+        raise ConfigurationError(f"{source} must not carry a query or fragment; got {shown}")
     if url.scheme == "http" and not allow_insecure_http and not _is_loopback(url.host):
         raise ConfigurationError(
-            f"{source} {raw!r} uses plain http to a non-loopback host, which would send tokens in clear; "
+            f"{source} {shown} uses plain http to a non-loopback host, which would send tokens in clear; "
             "use https, or pass allow_insecure_http=True if you really mean it"
         )
     # Endpoint paths are joined onto this, so it must end with exactly one slash.

@@ -9,11 +9,12 @@
     │   ├── AuthenticationError        401
     │   │   └── ExpiredAccessTokenError    401 api_error.auth.expired_access_token
     │   ├── PermissionDeniedError      403
-    │   ├── RateLimitError             429 (retry_after)
+    │   ├── RateLimitError             429
     │   └── ServerError                5xx
     ├── TransportError                 no usable HTTP answer: connection refused, reset, body cut short
     │   └── RequestTimeoutError        the call's deadline passed (also a TimeoutError)
     ├── ResponseValidationError        the answer was not the JSON we expected
+    ├── ClientDisabledError            batch results: the token's client is disabled
     └── TokenRefreshError              the session could not obtain its own token (cause chained)
         └── MissingCredentialsError    ... because it has no credentials (also a ConfigurationError)
 
@@ -29,6 +30,7 @@ from typing import Any, ClassVar
 __all__ = [
     "APIError",
     "AuthenticationError",
+    "ClientDisabledError",
     "ConfigurationError",
     "ExpiredAccessTokenError",
     "InvalidInputError",
@@ -44,6 +46,7 @@ __all__ = [
     "TransportError",
     "UsageError",
     "api_error_from_response",
+    "refresh_error",
 ]
 
 EXPIRED_ACCESS_TOKEN = "api_error.auth.expired_access_token"
@@ -83,7 +86,10 @@ class SessionClosedError(UsageError, RuntimeError):
 
 
 class APIError(MoneyKitError):
-    """MoneyKit answered with an error status; `status` and `error_code` say which."""
+    """MoneyKit answered with an error status; `status` and `error_code` say which.
+
+    `retry_after` is the wait in seconds the answer's Retry-After asked for (429 and 503), else None.
+    """
 
     hint: ClassVar[str] = "See documentation_url, or the MoneyKit API reference, for this error code."
 
@@ -95,8 +101,10 @@ class APIError(MoneyKitError):
         error_message: str | None = None,
         documentation_url: str | None = None,
         request_id: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         self.status = status
+        self.retry_after = retry_after
         self.error_code = error_code
         self.error_message = error_message
         self.documentation_url = documentation_url
@@ -114,7 +122,10 @@ class APIError(MoneyKitError):
             what += f": {message}"
         if self.request_id:
             what += f" (request id {self.request_id})"
-        return f"{what}. {self.hint}"
+        text = f"{what}. {self.hint}"
+        if self.retry_after is not None:
+            text += f" MoneyKit asked to wait {self.retry_after:g} s."
+        return text
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Keyword-only __init__ would break pickling (multiprocessing, arq) with the default reduce.
@@ -151,16 +162,6 @@ class RateLimitError(APIError):
 
     hint = "Slow down and retry later."
 
-    def __init__(self, *, retry_after: float | None = None, **kwargs: Any) -> None:
-        self.retry_after = retry_after
-        super().__init__(**kwargs)
-
-    def _describe(self) -> str:
-        text = super()._describe()
-        if self.retry_after is not None:
-            text += f" MoneyKit asked to wait {self.retry_after:g} s."
-        return text
-
 
 class ServerError(APIError):
     """HTTP 5xx: MoneyKit (or a gateway in front of it) failed; usually transient."""
@@ -192,6 +193,14 @@ class ResponseValidationError(MoneyKitError):
         super().__init__(message)
 
 
+class ClientDisabledError(MoneyKitError):
+    """The token is valid but its client is disabled (`disabled_at` has passed); batch results only."""
+
+    def __init__(self, disabled_at: object) -> None:
+        self.disabled_at = disabled_at
+        super().__init__(f"the token's client was disabled at {disabled_at}; it can no longer be used")
+
+
 class TokenRefreshError(MoneyKitError):
     """The session could not obtain its own access token; `__cause__` holds the underlying error.
 
@@ -202,6 +211,26 @@ class TokenRefreshError(MoneyKitError):
 
 class MissingCredentialsError(ConfigurationError, TokenRefreshError):
     """The session was asked for its own token but has neither client credentials nor an access token."""
+
+
+def refresh_error(cause: MoneyKitError) -> TokenRefreshError:
+    """The TokenRefreshError for a failed token request, with advice that fits its cause."""
+    if isinstance(cause, AuthenticationError | PermissionDeniedError) or (
+        isinstance(cause, APIError) and cause.status == 400
+    ):
+        advice = (
+            "check client_id, client_secret and scope (or MONEYKIT_CLIENT_ID / MONEYKIT_CLIENT_SECRET) "
+            "and that they belong to this environment's base URL"
+        )
+    elif isinstance(cause, TransportError):
+        advice = "MoneyKit could not be reached: check the network and the base URL, then retry"
+    elif isinstance(cause, RateLimitError):
+        advice = "MoneyKit is rate-limiting this client: retry later, or request tokens less often"
+    elif isinstance(cause, APIError):
+        advice = "MoneyKit failed to issue a token: retry later"
+    else:
+        advice = "MoneyKit's answer was not a token: check that the base URL points at MoneyKit"
+    return TokenRefreshError(f"could not obtain the session's access token: {cause}; {advice}")
 
 
 def _text(value: object) -> str | None:
@@ -233,6 +262,7 @@ def api_error_from_response(
         "error_message": _text(fields.get("error_message")),
         "documentation_url": _text(fields.get("documentation_url")),
         "request_id": request_id,
+        "retry_after": retry_after,
     }
     if status == 401:
         if error_code == EXPIRED_ACCESS_TOKEN:
@@ -241,7 +271,7 @@ def api_error_from_response(
     if status == 403:
         return PermissionDeniedError(**kwargs)
     if status == 429:
-        return RateLimitError(retry_after=retry_after, **kwargs)
+        return RateLimitError(**kwargs)
     if status >= 500:
         return ServerError(**kwargs)
     return APIError(**kwargs)

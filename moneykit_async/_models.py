@@ -12,8 +12,11 @@ __all__ = ["AccessToken", "AccessTokenDetails", "App", "fingerprint"]
 
 
 def fingerprint(token: str) -> str:
-    """A short, non-reversible tag of a token for logs and correlation (never the token itself)."""
-    return hashlib.blake2b(token.encode(), digest_size=6).hexdigest()
+    """A short, non-reversible tag of a token for logs and correlation (never the token itself).
+
+    Any str works, including lone surrogates from bytes read with `errors="surrogateescape"`.
+    """
+    return hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
 
 
 @attrs.frozen

@@ -11,6 +11,7 @@ import email.utils
 import json
 import math
 import time
+import zlib
 from collections.abc import Callable, Mapping
 from datetime import UTC
 from typing import Any, Final, Literal
@@ -31,11 +32,13 @@ from ._version import __version__
 
 __all__ = [
     "INTROSPECT_PATH",
+    "MIN_TOKEN_USE",
     "TOKEN_PATH",
     "ClientAuth",
     "base_headers",
     "check_credential",
     "check_token",
+    "decode_content",
     "needs_refresh",
     "parse_introspection",
     "parse_retry_after",
@@ -51,8 +54,11 @@ ClientAuth = Literal["basic", "body"]
 
 # Proactive refresh happens this long before expiry at most (a tenth of the lifetime for short tokens).
 DEFAULT_MAX_SKEW: Final = 60.0
-# A Retry-After beyond this is treated as garbage rather than obeyed (it would park a worker for a day).
-MAX_RETRY_AFTER: Final = 86_400.0
+# However short a token's announced lifetime (even 0), it is used this long before a proactive refresh:
+# otherwise every call would mint. MoneyKit can still reject it, which refreshes and replays once.
+MIN_TOKEN_USE: Final = 10.0
+# Statuses whose Retry-After is read: a quota (429) and an overloaded service (503), as RFC 9110 allows.
+_RETRY_AFTER_STATUSES: Final = frozenset({429, 503})
 
 try:  # orjson is the optional `speed` extra: same results, several times faster on the hot path.
     import orjson
@@ -72,6 +78,9 @@ def base_headers() -> dict[str, str]:
     return {
         "MoneyKit-Version": API_VERSION,
         "Accept": "application/json",
+        # Answers are a few hundred bytes: compression saves nothing, and an inflated body could
+        # outgrow max_response_bytes in memory. A server that compresses anyway is decoded, bounded.
+        "Accept-Encoding": "identity",
         "User-Agent": f"moneykit-async/{__version__}",
     }
 
@@ -123,6 +132,43 @@ def token_request(
     return headers, form
 
 
+# zlib's wbits for each content coding: gzip framing, and zlib framing for "deflate".
+_CODINGS: Final = {"gzip": 31, "x-gzip": 31, "deflate": 15}
+
+
+def decode_content(body: bytes, encoding: str, cap: int, *, what: str, status: int) -> bytes:
+    """`body` decoded from its Content-Encoding, never more than `cap` bytes of output in memory.
+
+    Raises ResponseValidationError for a coding this SDK cannot decode, a corrupt body, or one that
+    would inflate past `cap` (a decompression bomb stops at `cap` bytes, not at its full size).
+    """
+    coding = encoding.strip().lower()
+    if coding in ("", "identity"):
+        return body
+    wbits = _CODINGS.get(coding)
+    if wbits is None:
+        raise ResponseValidationError(
+            f"MoneyKit answered {what} with Content-Encoding {coding[:40]!r}, which this SDK does not decode "
+            "and did not ask for; a proxy may be rewriting answers",
+            status=status,
+        )
+    decoder = zlib.decompressobj(wbits)
+    try:
+        decoded = decoder.decompress(body, cap + 1)
+        if len(decoded) > cap or decoder.unconsumed_tail:
+            raise ResponseValidationError(
+                f"MoneyKit's answer to {what} inflates to more than max_response_bytes ({cap} bytes); it was "
+                "not decoded further. Raise max_response_bytes only if you expect such answers",
+                status=status,
+            )
+        return decoded
+    except zlib.error:
+        raise ResponseValidationError(
+            f"MoneyKit's answer to {what} is not valid {coding} data; retry, and report it if it persists",
+            status=status,
+        ) from None
+
+
 def _decode_json(body: bytes) -> object:
     try:
         return _loads(body)
@@ -141,7 +187,7 @@ def _raise_for_error(status: int, headers: Mapping[str, str], body: bytes) -> No
     if 200 <= status < 300:
         return
     decoded = _decode_json(body) if body else None
-    retry_after = parse_retry_after(headers.get("Retry-After")) if status == 429 else None
+    retry_after = parse_retry_after(headers.get("Retry-After")) if status in _RETRY_AFTER_STATUSES else None
     raise api_error_from_response(status, decoded, request_id=request_id_of(headers), retry_after=retry_after)
 
 
@@ -214,7 +260,9 @@ def parse_token(status: int, headers: Mapping[str, str], body: bytes, *, obtaine
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), or None if absent or garbage.
 
-    `now` is the wall-clock time (`time.time()`) an HTTP-date is measured against. Never raises.
+    `now` is the wall-clock time (`time.time()`) an HTTP-date is measured against. Never raises. Any
+    finite wait is returned as asked, however long: whether to obey it is the retry policy's decision
+    (`RetryPolicy.max_retry_after`), made the same way for 31 s and for a week.
     """
     if not value:
         return None
@@ -229,7 +277,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         delay = max(0.0, when.timestamp() - (time.time() if now is None else now))
-    if not math.isfinite(delay) or delay < 0 or delay > MAX_RETRY_AFTER:
+    if not math.isfinite(delay) or delay < 0:
         return None
     return delay
 
@@ -247,10 +295,15 @@ def refresh_margin(expires_in: int, skew: float | None) -> float:
 
 
 def needs_refresh(token: AccessToken | None, now: float, skew: float | None) -> bool:
-    """Whether `token` must be replaced before use at monotonic time `now`."""
+    """Whether `token` must be replaced before use at monotonic time `now`.
+
+    A token is always used for at least MIN_TOKEN_USE seconds after it was obtained, so a lifetime of
+    0 (or one shorter than the refresh margin) cannot turn every call into a token request.
+    """
     if token is None:
         return True
     expires_at = token.expires_at
     if expires_at is None or token.expires_in is None:  # a caller-given token: only a 401 retires it
         return False
-    return now >= expires_at - refresh_margin(token.expires_in, skew)
+    due = max(expires_at - refresh_margin(token.expires_in, skew), token.obtained_at + MIN_TOKEN_USE)
+    return now >= due

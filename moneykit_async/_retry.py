@@ -15,7 +15,7 @@ import attrs
 from ._config import check_seconds, check_whole
 from ._errors import APIError, MoneyKitError, RateLimitError, TransportError
 
-__all__ = ["RetryBudget", "RetryPolicy", "backoff_delay", "is_retryable", "retry_delay"]
+__all__ = ["RetryBudget", "RetryPolicy", "backoff_delay", "is_retryable", "retry_delay", "session_pause"]
 
 RETRYABLE_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -35,7 +35,8 @@ class RetryPolicy:
     - `max_retries`: retries after the first attempt (0 disables retrying).
     - `backoff_base`, `backoff_max`: exponential backoff with full jitter: the n-th retry waits a random
       time up to min(backoff_max, backoff_base * 2**n).
-    - `max_retry_after`: the longest Retry-After obeyed; a longer ask raises `RateLimitError` at once.
+    - `max_retry_after`: the longest Retry-After obeyed (on 429 and 503); a longer ask fails that call at
+      once, and the session pauses for `max_retry_after` at most, whatever MoneyKit asked.
     - `budget`: retries a session may make before it must see successes again (each success earns
       back a tenth of a retry), so a hard outage does not multiply load by 1 + max_retries.
 
@@ -75,15 +76,32 @@ def retry_delay(
     """
     if retries_done >= policy.max_retries or not is_retryable(error):
         return None
-    if isinstance(error, RateLimitError) and error.retry_after is not None:
-        if error.retry_after > policy.max_retry_after:
+    retry_after = error.retry_after if isinstance(error, APIError) else None
+    if retry_after is not None:
+        if retry_after > policy.max_retry_after:
             return None
-        delay = error.retry_after
+        delay = retry_after
     else:
         delay = backoff_delay(policy, retries_done, rng)
     if time_left is not None and delay >= time_left:
         return None
     return delay
+
+
+def session_pause(policy: RetryPolicy, error: MoneyKitError, delay: float | None) -> float | None:
+    """How long the whole session stops sending after `error`, or None for no pause.
+
+    A 429 or a 503 with Retry-After pauses every caller for that wait, capped at `max_retry_after`
+    so one absurd answer cannot lock the session out for an hour; a 429 without one pauses for the
+    backoff `delay` chosen for its retry.
+    """
+    if not isinstance(error, APIError):
+        return None
+    if error.retry_after is not None:
+        return min(error.retry_after, policy.max_retry_after) or None
+    if isinstance(error, RateLimitError):
+        return delay or None
+    return None
 
 
 class RetryBudget:

@@ -9,6 +9,7 @@ import os
 import random
 import ssl
 import time
+import weakref
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -17,7 +18,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from ._auth import OnTokenRefresh, TokenManager
+from ._auth import DEFAULT_STORE_TIMEOUT, OnTokenRefresh, TokenManager
 from ._batch import BatchResults
 from ._cache import IntrospectionCache
 from ._config import (
@@ -26,6 +27,7 @@ from ._config import (
     ENV_ACCESS_TOKEN,
     ENV_CLIENT_ID,
     ENV_CLIENT_SECRET,
+    Secret,
     Timeout,
     check_seconds,
     check_whole,
@@ -63,11 +65,12 @@ from ._protocol import (
     base_headers,
     check_credential,
     check_token,
+    decode_content,
     parse_introspection,
     parse_token,
     token_request,
 )
-from ._retry import RetryBudget, RetryPolicy, retry_delay
+from ._retry import RetryBudget, RetryPolicy, backoff_delay, retry_delay, session_pause
 from ._store import TokenStore
 
 __all__ = ["MoneyKitSession"]
@@ -76,6 +79,9 @@ logger = logging.getLogger("moneykit_async")
 _T = TypeVar("_T")
 
 _Response = tuple[int, "CIMultiDictProxy[str]", bytes]
+
+# Said to every call that was in flight (or waiting) when close() ran: the SDK's own close, not a misuse.
+_CLOSED_IN_FLIGHT = "the MoneyKitSession was closed while this call was in flight; create a new session to go on"
 
 
 def _resolve_scope(scope: str | Iterable[str] | None) -> str | None:
@@ -107,9 +113,12 @@ class MoneyKitSession:
     - `introspection_cache`: an `IntrospectionCache` to remember and coalesce `introspect(token)`.
     - `token_store`: where the session's own token lives (default: this process); a shared store such
       as `moneykit_async.contrib.redis.RedisTokenStore` makes a fleet of processes mint one token.
+      `store_timeout` bounds each store operation (default 5 s): a hung or broken store is logged and
+      the session mints on its own.
     - `on_event`: a quick sync callable that receives `RequestStarted`, `RequestFinished`,
       `RetryScheduled`, `RateLimitPaused` and `TokenRefreshed` events (fingerprints, never tokens).
-    - `on_token_refresh`: sync or async callable run once per new token; its errors are logged only.
+    - `on_token_refresh`: sync or async callable run once per new token, after the callers waiting for
+      the token have it, in a task of its own bounded to 10 s; its errors and timeouts are logged only.
     - `ssl`: a custom `ssl.SSLContext` (verification stays on); `trust_env`: honour proxy and netrc
       settings from the environment (off by default, so an inherited proxy never sees your tokens).
     - `allow_insecure_http`: permit plain http to a non-loopback host. Tokens then travel in clear.
@@ -134,6 +143,7 @@ class MoneyKitSession:
         introspection_cache: IntrospectionCache | None = None,
         on_event: OnEvent | None = None,
         token_store: TokenStore | None = None,
+        store_timeout: float = DEFAULT_STORE_TIMEOUT,
         ssl: ssl.SSLContext | None = None,
         trust_env: bool = False,
         allow_insecure_http: bool = False,
@@ -169,13 +179,17 @@ class MoneyKitSession:
                 raise ConfigurationError(f"access_token is unusable: {exc}") from None
         if refresh_skew is not None:
             check_seconds("refresh_skew", refresh_skew, zero_ok=True)
+        check_seconds("store_timeout", store_timeout, zero_ok=False)
 
         self._client_id = client_id
-        self._credentials = (client_id, client_secret) if client_id is not None and client_secret is not None else None
+        # The secret is wrapped: neither repr(session) nor vars(session) can show it.
+        self._credentials = (
+            (client_id, Secret(client_secret)) if client_id is not None and client_secret is not None else None
+        )
         self._scope = _resolve_scope(scope)
         self._client_auth: ClientAuth = client_auth
         if token_store is not None and not isinstance(token_store, TokenStore):
-            raise ConfigurationError("token_store must implement TokenStore (async get and refresh)")
+            raise ConfigurationError("token_store must implement TokenStore (async get and put, and lock)")
         self._tokens = TokenManager(
             self._mint if self._credentials is not None else None,
             initial=initial,
@@ -184,6 +198,7 @@ class MoneyKitSession:
             store=token_store,
             # One stored token per client and scope; the id is not a secret, the scope is hashed short.
             namespace=f"{client_id}:{fingerprint(self._scope or '')}",
+            store_timeout=store_timeout,
         )
 
         self._timeout = timeout if isinstance(timeout, Timeout) else Timeout(total=timeout)
@@ -192,7 +207,7 @@ class MoneyKitSession:
         self._retry = retry
         self._budget = RetryBudget(retry.budget)
         self._rng = random.Random()
-        self._paused_until = 0.0  # loop.time() before which no request is sent (after a 429)
+        self._paused_until = 0.0  # loop.time() before which no request is sent (after a 429 or a 503)
         if session is not None and max_connections is not None:
             raise ConfigurationError(
                 "max_connections sizes the SDK's own pool; with session=, size the connector of your session"
@@ -207,6 +222,12 @@ class MoneyKitSession:
         self._cache = introspection_cache
         self._on_event = on_event
         self._max_connections = max_connections
+        # Requests that may hold a pooled connection at once: a call waits here, bounded by its deadline
+        # only, so aiohttp's own pool queue (which Timeout.attempt would count) is never used.
+        capacity = _pool_capacity(session) if session is not None else max_connections
+        self._slots = asyncio.Semaphore(capacity) if capacity is not None else None
+        self._capacity = capacity
+        self._batches: weakref.WeakSet[BatchResults] = weakref.WeakSet()
         self._max_response_bytes = max_response_bytes
         self._trust_env = trust_env
         self._borrowed = session
@@ -221,6 +242,11 @@ class MoneyKitSession:
         # token or a shared load in _bounded.
         self._request_options: dict[str, Any] = {
             "allow_redirects": False,  # a redirect must never carry our Authorization header elsewhere
+            # A borrowed session may raise_for_status: our error mapping needs every status as an answer.
+            "raise_for_status": False,
+            # We ask for identity and decode anything else ourselves, bounded by max_response_bytes: aiohttp
+            # would inflate a small gzip body into any size in memory.
+            "auto_decompress": False,
         }
         # Not sock_read: aiohttp re-arms that timer on every chunk received (measured ~17 µs a request).
         # ceil_threshold=inf: aiohttp would otherwise round long timeouts up to whole seconds.
@@ -243,13 +269,18 @@ class MoneyKitSession:
         await self.close()
 
     async def close(self) -> None:
-        """Stop any token refresh and close the connection pool the SDK owns. Safe to call twice."""
+        """Stop batches, token refresh and cache loads of this session, and close the pool the SDK owns.
+
+        Calls in flight or waiting end with SessionClosedError. Safe to call twice.
+        """
         if self._closed:
             return
         self._closed = True
+        for batch in list(self._batches):
+            await batch.abort(SessionClosedError("the MoneyKitSession was closed while this batch was running"))
         await self._tokens.aclose()
         if self._cache is not None:
-            await self._cache.aclose()
+            await self._cache.cancel_loads(self)
         if self._client is not None and self._borrowed is None:
             await self._client.close()
 
@@ -310,11 +341,15 @@ class MoneyKitSession:
         if token is None:
             return await self._bounded(deadline, "GET /auth/introspect", self._introspect_own(http, deadline))
         given = check_token(token)
-        if self._cache is None:
+        cache = self._cache
+        if cache is None:
             # The hot path: _call enforces the deadline itself, with one timer per attempt.
             return await self._introspect_token(http, given, deadline)
+        cached = cache.lookup(given)  # a hit needs no task and no timer
+        if cached is not None:
+            return cached
         # The shared load runs in the cache's task with a deadline of its own; ours bounds the wait.
-        load = self._cache.fetch(given, lambda: self._introspect_token(http, given, self._deadline()))
+        load = cache.fetch(given, lambda: self._introspect_token(http, given, self._deadline()), owner=self)
         return await self._bounded(deadline, "GET /auth/introspect", load)
 
     def introspect_many(
@@ -327,10 +362,43 @@ class MoneyKitSession:
         `ordered=False` (then as they finish). Each `IntrospectionResult` carries the token's
         details or its typed error; only errors about the whole batch (a closed session, a failing
         token source, cancellation) end the iteration. Leaving the loop early stops the workers.
+
+        Rate limits slow the batch down instead of failing its tokens: while the session is paused by a
+        429 (or a 503 with Retry-After) no token is sent, each token's deadline starts when it can be
+        sent, and a token answered 429 is sent again after the wait. Only a wait longer than
+        `RetryPolicy.max_retry_after` fails a token with RateLimitError. `concurrency` is capped at the
+        connection pool's size (`max_connections`), since more workers could only queue for connections.
         """
         if self._closed:  # fail here, not on the first result
             raise SessionClosedError("this MoneyKitSession is closed; create a new one")
-        return BatchResults(tokens, self.introspect, concurrency=concurrency, ordered=ordered)
+        if self._capacity is not None and concurrency > self._capacity:
+            logger.debug(
+                "introspect_many: concurrency %s capped at the pool's %s connections", concurrency, self._capacity
+            )
+            concurrency = self._capacity
+        batch = BatchResults(tokens, self._introspect_paced, concurrency=concurrency, ordered=ordered)
+        self._batches.add(batch)
+        return batch
+
+    async def _introspect_paced(self, token: str) -> AccessTokenDetails:
+        """`introspect(token)` for a batch: rate limits are flow control, not this token's failure."""
+        throttled = 0
+        while True:
+            await self._until_unpaused()  # the token's deadline starts once it may be sent
+            try:
+                return await self.introspect(token)
+            except RateLimitError as exc:
+                if exc.retry_after is not None and exc.retry_after > self._retry.max_retry_after:
+                    raise  # MoneyKit asked for a wait longer than this session may make
+                if self._paused_until <= self._clock():  # no session pause to wait out: back off on our own
+                    await asyncio.sleep(backoff_delay(self._retry, throttled, self._rng))
+                throttled += 1
+                logger.debug("token %s was rate limited; sending it again (%d)", fingerprint(token), throttled)
+
+    async def _until_unpaused(self) -> None:
+        # A loop, not an Event: a new 429 may push the pause further while we sleep.
+        while (wait := self._paused_until - self._clock()) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(wait)
 
     async def get_access_token(self) -> AccessToken:
         """The session's own access token, minted or refreshed as needed (for use with other APIs)."""
@@ -349,6 +417,10 @@ class MoneyKitSession:
             fresh = await self._tokens.get()
             return await self._introspect_token(http, fresh.access_token, deadline)
 
+    def _clock(self) -> float:
+        loop = self._loop
+        return loop.time() if loop is not None else asyncio.get_running_loop().time()
+
     async def _introspect_token(
         self, http: aiohttp.ClientSession, token: str, deadline: float | None
     ) -> AccessTokenDetails:
@@ -358,7 +430,7 @@ class MoneyKitSession:
     async def _mint(self) -> AccessToken:
         assert self._credentials is not None
         client_id, client_secret = self._credentials
-        headers, form = token_request(client_id, client_secret, self._scope, self._client_auth)
+        headers, form = token_request(client_id, client_secret.reveal(), self._scope, self._client_auth)
         obtained_at = time.monotonic()  # before sending: errs towards refreshing early, never late
 
         def parse(status: int, response_headers: Mapping[str, str], body: bytes) -> AccessToken:
@@ -411,9 +483,17 @@ class MoneyKitSession:
         tag = fingerprint(subject) if hook is not None and subject is not None else None
         started = 0.0
         retries = 0
+        slots = self._slots
         while True:
+            if self._closed:
+                raise SessionClosedError(_CLOSED_IN_FLIGHT)
             if self._paused_until > loop.time():
                 await self._wait_out_pause(loop, deadline)
+            if slots is not None:
+                if slots.locked():  # every connection is busy: wait for one, bounded by the deadline only
+                    await self._bounded(deadline, f"{method} {url.path}", slots.acquire())
+                else:
+                    await slots.acquire()  # free: returns at once
             # One aiohttp timer bounds the attempt by Timeout.attempt or the call's deadline, whichever
             # comes first (aiohttp arms a total-timeout timer per request anyway; a second one of our
             # own measured several µs a request).
@@ -423,6 +503,8 @@ class MoneyKitSession:
                 remaining = deadline - loop.time()
                 if attempt_limit is None or remaining < attempt_limit:
                     if remaining <= 0:
+                        if slots is not None:
+                            slots.release()
                         raise self._timeout_error(f"{method} {url.path}")
                     limits = aiohttp.ClientTimeout(
                         total=remaining, sock_connect=self._timeout.connect, ceil_threshold=math.inf
@@ -432,7 +514,13 @@ class MoneyKitSession:
                 started = loop.time()
                 emit(hook, RequestStarted(method, url.path, retries + 1, tag))
             try:
-                status, response_headers, body = await self._send(http, method, url, headers, form, limits, by_deadline)
+                try:
+                    status, response_headers, body = await self._send(
+                        http, method, url, headers, form, limits, by_deadline
+                    )
+                finally:
+                    if slots is not None:
+                        slots.release()
                 result = parse(status, response_headers, body)
             except MoneyKitError as error:
                 if hook is not None:
@@ -453,12 +541,11 @@ class MoneyKitSession:
                 if delay is not None and not self._budget.try_spend():
                     logger.debug("not retrying %s %s: the session's retry budget is spent", method, url.path)
                     delay = None
-                if isinstance(error, RateLimitError):
-                    pause = delay if delay is not None else error.retry_after
-                    if pause:
-                        self._paused_until = max(self._paused_until, loop.time() + pause)
-                        if hook is not None:
-                            emit(hook, RateLimitPaused(pause))
+                pause = session_pause(self._retry, error, delay)
+                if pause is not None:
+                    self._paused_until = max(self._paused_until, loop.time() + pause)
+                    if hook is not None:
+                        emit(hook, RateLimitPaused(pause))
                 if delay is None:
                     error.retries_taken = retries
                     raise
@@ -484,12 +571,12 @@ class MoneyKitSession:
 
     async def _wait_out_pause(self, loop: asyncio.AbstractEventLoop, deadline: float | None) -> None:
         wait = self._paused_until - loop.time()
-        if wait > self._retry.max_retry_after or (deadline is not None and loop.time() + wait >= deadline):
+        if deadline is not None and loop.time() + wait >= deadline:
+            # Fail fast rather than hold a request path for a wait it cannot afford (a batch waits instead).
             raise RateLimitError(
                 status=429,
                 error_code=RATE_LIMIT_EXCEEDED,
-                error_message="MoneyKit asked this session to wait longer than this call may (its deadline, "
-                "or RetryPolicy.max_retry_after)",
+                error_message="MoneyKit asked this session to pause longer than this call's deadline allows",
                 retry_after=wait,
             )
         logger.debug("waiting %.3f s: MoneyKit rate-limited this session", wait)
@@ -507,53 +594,66 @@ class MoneyKitSession:
         limits: aiohttp.ClientTimeout,
         by_deadline: bool,
     ) -> _Response:
-        error: MoneyKitError
         try:
             async with http.request(
                 method, url, headers=headers, data=form, timeout=limits, **self._request_options
             ) as resp:
                 return resp.status, resp.headers, await self._read_body(resp, method, url)
-        except aiohttp.ClientResponseError as exc:
-            what = f"{method} {url.path}"
-            # Its repr carries our request headers (the token): build ours from safe parts, no chaining.
-            error = TransportError(
+        except (aiohttp.ClientError, TimeoutError, RuntimeError) as exc:
+            error = self._transport_error(exc, http, method, url, by_deadline)
+            if error is None:
+                raise
+            # Only a plain connection failure keeps its cause (for the OS-level detail): other aiohttp
+            # exceptions can carry our request headers, the token among them, in their repr.
+            keep = (
+                type(error) is TransportError and error.retryable and not isinstance(exc, aiohttp.ClientResponseError)
+            )
+            cause = exc if keep else None
+        raise error from cause  # outside the except block: no implicit __context__ either
+
+    def _transport_error(
+        self, exc: BaseException, http: aiohttp.ClientSession, method: str, url: URL, by_deadline: bool
+    ) -> MoneyKitError | None:
+        """The SDK error for an exception aiohttp raised while sending, or None if it is not ours to map."""
+        if self._closed:  # our own close() ended the request: say so, whatever aiohttp raised
+            return SessionClosedError(_CLOSED_IN_FLIGHT)
+        what = f"{method} {url.path}"
+        if isinstance(exc, aiohttp.ClientResponseError):
+            return TransportError(
                 f"MoneyKit's answer to {what} could not be read (HTTP {exc.status}: {exc.message}); "
                 "retry, and report it if it persists"
             )
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise TransportError(
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            return TransportError(
                 f"the TLS certificate of {url.host} could not be verified ({exc.certificate_error}); "
                 "check the base URL, or pass ssl= a context that trusts your CA",
                 retryable=False,
-            ) from None
-        except aiohttp.ConnectionTimeoutError:
-            raise RequestTimeoutError(
+            )
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return RequestTimeoutError(
                 f"{url.host} did not accept a connection within {self._timeout.connect} s; "
                 "check the network or raise Timeout(connect=...)"
-            ) from None
-        except TimeoutError:
+            )
+        if isinstance(exc, TimeoutError):
             if by_deadline:  # the call's deadline: no time is left to retry
-                raise self._timeout_error(f"{method} {url.path}") from None
-            raise RequestTimeoutError(
-                f"one attempt at {method} {url.path} took longer than {self._timeout.attempt} s; "
+                return self._timeout_error(what)
+            return RequestTimeoutError(
+                f"one attempt at {what} took longer than {self._timeout.attempt} s; "
                 "raise Timeout(attempt=...) if MoneyKit is known to be slow"
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise TransportError(
-                f"{method} {url.path} to {url.host} failed: {exc.__class__.__name__}: {exc}; "
+            )
+        if isinstance(exc, aiohttp.ClientError):
+            return TransportError(
+                f"{what} to {url.host} failed: {exc.__class__.__name__}: {exc}; "
                 "check the network and base_url, then retry"
-            ) from exc
-        except RuntimeError:
-            if http.closed:
-                raise SessionClosedError(
-                    "the aiohttp session was closed while in use; keep it open as long as the MoneyKitSession"
-                ) from None
-            if asyncio.get_running_loop() is not self._loop:
-                raise UsageError(
-                    "this MoneyKitSession was first used in another event loop; create one session per loop"
-                ) from None
-            raise
-        raise error
+            )
+        if http.closed:  # a borrowed session that its owner closed under us
+            return SessionClosedError(
+                "the aiohttp session was closed while in use (the one passed as session=); keep it open as "
+                "long as the MoneyKitSession"
+            )
+        if asyncio.get_running_loop() is not self._loop:
+            return UsageError("this MoneyKitSession was first used in another event loop; create one session per loop")
+        return None
 
     async def _read_body(self, resp: aiohttp.ClientResponse, method: str, url: URL) -> bytes:
         cap = self._max_response_bytes
@@ -561,15 +661,20 @@ class MoneyKitSession:
         if length is not None:
             if length > cap:
                 raise _too_large(f"{method} {url.path}", resp.status, f"{length} bytes announced")
-            return await resp.read()  # aiohttp stops at Content-Length, so this is bounded
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in resp.content.iter_any():
-            size += len(chunk)
-            if size > cap:
-                raise _too_large(f"{method} {url.path}", resp.status, f"more than {cap} bytes sent")
-            chunks.append(chunk)
-        return b"".join(chunks)
+            body = await resp.read()  # aiohttp stops at Content-Length, so this is bounded
+        else:
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in resp.content.iter_any():
+                size += len(chunk)
+                if size > cap:
+                    raise _too_large(f"{method} {url.path}", resp.status, f"more than {cap} bytes sent")
+                chunks.append(chunk)
+            body = b"".join(chunks)
+        encoding = resp.headers.get("Content-Encoding")
+        if encoding is not None:  # never asked for; decoded here within the same cap, if we can
+            body = decode_content(body, encoding, cap, what=f"{method} {url.path}", status=resp.status)
+        return body
 
     def _timeout_error(self, what: str) -> RequestTimeoutError:
         return RequestTimeoutError(
@@ -594,6 +699,15 @@ def _settle_allocator() -> None:
         _allocator_settled = True
         block = bytearray(512 * 1024)
         del block
+
+
+def _pool_capacity(session: aiohttp.ClientSession) -> int | None:
+    """How many requests a borrowed session's connector lets through at once (None: no limit)."""
+    connector = session.connector
+    if connector is None:
+        return None
+    limits = [limit for limit in (connector.limit, connector.limit_per_host) if limit]
+    return min(limits) if limits else None
 
 
 def _too_large(what: str, status: int, detail: str) -> ResponseValidationError:

@@ -7,8 +7,12 @@
 
 When many processes find the token stale at once, a short Redis lock (redis-py's `Lock`: SET NX with
 an expiry, released by a compare-and-delete script) lets one of them mint while the others wait, then
-read what it stored: N processes cause one `POST /auth/token`. If Redis is unreachable the session
-mints locally and logs a warning, so Redis trouble never becomes a MoneyKit outage.
+read what it stored: N processes cause one `POST /auth/token`. If Redis is unreachable, slow or
+broken, the session mints locally and logs a warning, so Redis trouble never becomes a MoneyKit outage.
+
+Expiry is kept by Redis itself: the key's TTL is the token's remaining lifetime, and readers derive the
+token's age from the TTL Redis reports. No machine's wall clock is trusted, so a process whose clock
+is off can never make the fleet use a token MoneyKit has already expired.
 
 Security: the store keeps the access token (never the client id's secret) in Redis, with an expiry.
 Anyone who can read that Redis can use the token until it expires: use a Redis you trust, on a private
@@ -17,22 +21,34 @@ network, with authentication and TLS where it crosses machines. Install with the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Callable
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import LockError, RedisError
+from redis.exceptions import LockError
 
 from .._models import AccessToken
-from .._store import Mint, same_token, token_from_record, token_to_record
+from .._store import StoreLock
 
 __all__ = ["RedisTokenStore"]
 
 logger = logging.getLogger("moneykit_async")
 
-_UNAVAILABLE = (RedisError, OSError)
+
+class _RedisLock:
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+
+    async def acquire(self) -> bool:
+        acquired: bool = await self._lock.acquire()
+        return acquired
+
+    async def release(self) -> None:
+        with contextlib.suppress(LockError):  # expired meanwhile: it freed itself, nothing to undo
+            await self._lock.release()
 
 
 class RedisTokenStore:
@@ -40,9 +56,11 @@ class RedisTokenStore:
 
     - `redis`: a `redis.asyncio.Redis` client (yours; not closed by the store) or a URL (the store
       owns that client: `await store.aclose()` when done).
-    - `lock_timeout`: how long a minting process may hold the lock before Redis frees it (it must
-      outlast one token request: the session's `Timeout.total` is 10 s by default).
-    - `wait_timeout`: how long another process waits for that lock before minting on its own.
+    - `lock_timeout`: how long a minting process may hold the lock before Redis frees it; it outlasts
+      one token request (the session's `Timeout.total`, 10 s by default).
+    - `wait_timeout`: how long another process waits for that lock before minting on its own. It is
+      shorter than `Timeout.total` (and than the session's `store_timeout`), so a process whose lock
+      holder died still gets a token within the call's deadline.
     """
 
     def __init__(
@@ -51,7 +69,7 @@ class RedisTokenStore:
         *,
         prefix: str = "moneykit:token",
         lock_timeout: float = 15.0,
-        wait_timeout: float = 20.0,
+        wait_timeout: float = 4.0,
         poll_interval: float = 0.02,
     ) -> None:
         if isinstance(redis, str):
@@ -73,67 +91,47 @@ class RedisTokenStore:
         return f"{self._prefix}:{namespace}"
 
     async def get(self, namespace: str) -> AccessToken | None:
-        """The token the fleet currently shares for `namespace`, or None (also when Redis is down)."""
-        try:
-            raw = await self._redis.get(self._key(namespace))
-        except _UNAVAILABLE as exc:
-            logger.warning("Redis token store unavailable (%s); using this process's own token", type(exc).__name__)
-            return None
-        return self._decode(raw)
-
-    async def refresh(
-        self, namespace: str, stale: AccessToken | None, mint: Mint, is_fresh: Callable[[AccessToken], bool]
-    ) -> AccessToken:
-        """Mint and store a new token unless another process already replaced `stale`; fleet-wide once."""
+        """The token the fleet currently shares for `namespace`, or None."""
         key = self._key(namespace)
-        lock = self._redis.lock(
-            f"{key}:lock",
-            timeout=self._lock_timeout,
-            blocking_timeout=self._wait_timeout,
-            sleep=self._poll_interval,
-        )
-        try:
-            acquired = await lock.acquire()
-        except _UNAVAILABLE as exc:
-            logger.warning("Redis token store unavailable (%s); minting a token locally", type(exc).__name__)
-            return await mint()
-        if not acquired:
-            logger.warning("waited %.0f s for the token lock in Redis; minting a token locally", self._wait_timeout)
-            return await mint()
-        try:
-            # Double-checked: whoever held the lock before us may have stored a fresh token already.
-            current = self._decode(await self._redis.get(key))
-            if current is not None and not same_token(current, stale) and is_fresh(current):
-                return current
-            token = await mint()
-            await self._store(key, token)
-            return token
-        finally:
-            try:
-                await lock.release()
-            except (LockError, *_UNAVAILABLE):  # expired meanwhile, or Redis went away: it expires anyway
-                pass
-
-    async def _store(self, key: str, token: AccessToken) -> None:
-        ttl_ms = int((token.expires_in or 0) * 1000)
-        if ttl_ms <= 0:
-            return
-        try:
-            await self._redis.set(key, json.dumps(token_to_record(token)), px=ttl_ms)
-        except _UNAVAILABLE as exc:
-            logger.warning(
-                "could not store the new token in Redis (%s); other processes will mint their own", type(exc).__name__
-            )
-
-    @staticmethod
-    def _decode(raw: Any) -> AccessToken | None:
-        if raw is None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            raw, ttl_ms = await pipe.get(key).pttl(key).execute()
+        if raw is None or ttl_ms is None or ttl_ms <= 0:  # absent, or stored without an expiry
             return None
         try:
-            return token_from_record(json.loads(raw))
+            record = json.loads(raw)
+            lifetime = int(record["expires_in"])
+            remaining = min(ttl_ms / 1000, lifetime)
+            # The age Redis implies, on this process's monotonic clock: no wall clock is involved.
+            return AccessToken(
+                str(record["access_token"]),
+                str(record["token_type"]),
+                lifetime,
+                obtained_at=time.monotonic() - (lifetime - remaining),
+            )
         except (ValueError, KeyError, TypeError):
             logger.warning("ignoring an unreadable token record in Redis")
             return None
+
+    async def put(self, namespace: str, token: AccessToken) -> None:
+        """Store `token` with a TTL of its remaining lifetime (measured on this process's monotonic clock)."""
+        if token.expires_at is None:
+            return  # a lifetime nobody knows cannot be shared safely
+        ttl_ms = int((token.expires_at - time.monotonic()) * 1000)
+        if ttl_ms <= 0:
+            return
+        record = {"access_token": token.access_token, "token_type": token.token_type, "expires_in": token.expires_in}
+        await self._redis.set(self._key(namespace), json.dumps(record), px=ttl_ms)
+
+    def lock(self, namespace: str) -> StoreLock:
+        """redis-py's lock on `<key>:lock`, held for `lock_timeout` at most, waited for `wait_timeout`."""
+        return _RedisLock(
+            self._redis.lock(
+                f"{self._key(namespace)}:lock",
+                timeout=self._lock_timeout,
+                blocking_timeout=self._wait_timeout,
+                sleep=self._poll_interval,
+            )
+        )
 
     async def aclose(self) -> None:
         """Close the Redis client if the store created it from a URL."""

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,13 +25,9 @@ def namespace(fake: FakeMoneyKit, scope: str = "") -> str:
     return f"{fake.client_id}:{fingerprint(scope)}"
 
 
-async def seed(store: RedisTokenStore, fake: FakeMoneyKit, token: str, lifetime: int = 3600) -> None:
-    """Put `token` in the store as the fleet's current token (through the public refresh)."""
-
-    async def mint() -> AccessToken:
-        return AccessToken(token, expires_in=lifetime)
-
-    await store.refresh(namespace(fake), None, mint, lambda _: False)
+async def seed(store: RedisTokenStore, fake: FakeMoneyKit, token: str, age: float = 0.0) -> None:
+    """Put `token` in the store as the fleet's current token, minted `age` seconds ago (of 3600)."""
+    await store.put(namespace(fake), AccessToken(token, expires_in=3600, obtained_at=time.monotonic() - age))
 
 
 @pytest.mark.slow
@@ -92,8 +89,7 @@ async def test_processes_share_a_fresh_token_without_minting(fake: FakeMoneyKit,
 
 async def test_a_stale_stored_token_is_replaced_once_and_shared(fake: FakeMoneyKit, redis_url: str) -> None:
     store = RedisTokenStore(redis_url)
-    await seed(store, fake, fake.mint_token(), lifetime=1)  # due for refresh at once (margin 0.1 s)
-    await asyncio.sleep(0.95)
+    await seed(store, fake, fake.mint_token(), age=3590)  # 10 s left: inside the 60 s refresh margin
     sessions = [
         MoneyKitSession(
             base_url=fake.base_url, client_id=fake.client_id, client_secret=fake.client_secret, token_store=store
@@ -138,5 +134,5 @@ async def test_an_unreachable_redis_degrades_to_local_minting(
             details = await asyncio.gather(*(mk.introspect() for _ in range(20)))
     assert {d.client_id for d in details} == {fake.client_id}
     assert fake.count("/auth/token") == 1
-    assert "Redis token store unavailable" in caplog.text
+    assert "the token store failed to read the token (ConnectionError)" in caplog.text
     await store.aclose()
