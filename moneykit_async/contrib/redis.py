@@ -87,6 +87,11 @@ class RedisTokenStore:
     def __repr__(self) -> str:
         return f"RedisTokenStore(prefix={self._prefix!r})"
 
+    @property
+    def lock_wait(self) -> float:
+        """How long a process waits for another's mint before minting on its own (`wait_timeout`)."""
+        return self._wait_timeout
+
     def _key(self, namespace: str) -> str:
         return f"{self._prefix}:{namespace}"
 

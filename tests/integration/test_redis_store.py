@@ -136,3 +136,40 @@ async def test_an_unreachable_redis_degrades_to_local_minting(
     assert fake.count("/auth/token") == 1
     assert "the token store failed to read the token (ConnectionError)" in caplog.text
     await store.aclose()
+
+
+async def test_a_fast_wall_clock_cannot_make_the_fleet_use_an_expired_token(
+    fake: FakeMoneyKit, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = RedisTokenStore(redis_url)
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 20.0)  # the writing machine's clock is 20 s fast
+    await writer.put(namespace(fake), AccessToken("tok_skewed", expires_in=30, obtained_at=time.monotonic()))
+    monkeypatch.setattr(time, "time", real_time)
+    reader = RedisTokenStore(redis_url)
+    token = await reader.get(namespace(fake))
+    assert token is not None and token.expires_at is not None
+    remaining = token.expires_at - time.monotonic()
+    assert 28.0 < remaining <= 30.0  # what Redis's TTL says, not 30 + 20 s of skew
+    await writer.aclose()
+    await reader.aclose()
+
+
+async def test_a_record_stored_without_an_expiry_is_not_trusted(fake: FakeMoneyKit, redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    await client.set(f"moneykit:token:{namespace(fake)}", json.dumps({"access_token": "x", "expires_in": 60}))
+    await client.aclose()
+    store = RedisTokenStore(redis_url)
+    assert await store.get(namespace(fake)) is None
+    await store.aclose()
+
+
+async def test_the_default_lock_wait_leaves_room_for_a_mint_within_the_default_deadline() -> None:
+    from moneykit_async import Timeout
+    from moneykit_async._auth import DEFAULT_STORE_TIMEOUT
+
+    store = RedisTokenStore("redis://127.0.0.1:1/0")
+    total = Timeout().total
+    assert total is not None
+    assert store.lock_wait < DEFAULT_STORE_TIMEOUT < total
+    await store.aclose()

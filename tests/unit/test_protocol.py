@@ -172,3 +172,27 @@ def test_api_errors_survive_pickling() -> None:
         "r1",
     )
     assert str(copy) == str(error)
+
+
+def test_decode_content_inflates_gzip_and_zlib_within_the_cap() -> None:
+    import gzip
+    import zlib
+
+    from moneykit_async import ResponseValidationError
+    from moneykit_async._protocol import decode_content
+
+    body = b'{"client_id": "c"}'
+    for coding, packed in (
+        ("gzip", gzip.compress(body)),
+        ("x-gzip", gzip.compress(body)),
+        ("deflate", zlib.compress(body)),
+    ):
+        assert decode_content(packed, coding, 1024, what="GET /x", status=200) == body
+    assert decode_content(body, "identity", 1024, what="GET /x", status=200) == body
+    with pytest.raises(ResponseValidationError, match="inflates to more than max_response_bytes"):
+        decode_content(gzip.compress(b"a" * 2049), "gzip", 2048, what="GET /x", status=200)
+    assert decode_content(gzip.compress(b"a" * 2048), "gzip", 2048, what="GET /x", status=200) == b"a" * 2048
+    with pytest.raises(ResponseValidationError, match="not valid gzip data"):
+        decode_content(b"not gzip", "gzip", 1024, what="GET /x", status=200)
+    with pytest.raises(ResponseValidationError, match="does not decode"):
+        decode_content(body, "zstd", 1024, what="GET /x", status=200)

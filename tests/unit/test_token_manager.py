@@ -134,6 +134,8 @@ async def test_a_failed_refresh_whose_waiters_all_left_is_not_reported_as_unretr
     waiter = asyncio.create_task(tokens.get())
     await asyncio.sleep(0)
     waiter.cancel()
+    await asyncio.sleep(0)  # the waiter has left (shield dropped its callback) before the mint fails
+    await asyncio.sleep(0)
     mint.gate.set()
     await asyncio.sleep(0.01)
     assert mint.calls == 1
@@ -167,6 +169,7 @@ async def test_on_refresh_runs_once_per_new_token(mint: Mint, clock: Clock, make
     await asyncio.gather(*(tokens.get() for _ in range(20)))
     clock.now += 4000
     await tokens.get()
+    await asyncio.sleep(0.01)  # hooks run in a task of their own, after the callers have the token
     assert [t.access_token for t in seen] == ["token-1", "token-2"]
 
 
@@ -177,9 +180,52 @@ async def test_a_failing_hook_is_logged_not_raised(mint: Mint, clock: Clock, cap
     tokens = manager(mint, clock, on_refresh=hook)
     with caplog.at_level(logging.ERROR, logger="moneykit_async"):
         token = await tokens.get()
+        await asyncio.sleep(0.01)
     assert token.access_token == "token-1"
     assert "on_token_refresh hook failed" in caplog.text
     assert "token-1" not in caplog.text
+
+
+async def test_a_hook_that_never_returns_is_abandoned_after_its_time_limit(
+    mint: Mint, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    started: list[str] = []
+    cancelled: list[str] = []
+
+    async def hook(token: AccessToken) -> None:
+        started.append(token.access_token)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(token.access_token)
+            raise
+
+    tokens = manager(mint, clock, on_refresh=hook, hook_timeout=0.05)
+    with caplog.at_level(logging.WARNING, logger="moneykit_async"):
+        assert (await tokens.get()).access_token == "token-1"  # not held by the hook
+        clock.now += 4000
+        assert (await tokens.get()).access_token == "token-2"  # nor is the next refresh
+        await asyncio.sleep(0.2)
+    assert started == ["token-1", "token-2"]
+    assert cancelled == ["token-1", "token-2"]
+    assert caplog.text.count("did not finish within 0.05 s") == 2
+    assert "token-1" not in caplog.text
+
+
+async def test_closing_cancels_a_hook_still_running(mint: Mint, clock: Clock) -> None:
+    cancelled = asyncio.Event()
+
+    async def hook(token: AccessToken) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cancelled.set()
+
+    tokens = manager(mint, clock, on_refresh=hook)
+    await tokens.get()
+    await asyncio.sleep(0)
+    await tokens.aclose()
+    assert cancelled.is_set()
 
 
 async def test_without_credentials_there_is_a_clear_error() -> None:
