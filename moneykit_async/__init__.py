@@ -28,7 +28,15 @@ from ._errors import (
     TransportError,
     UsageError,
 )
-from ._events import Event, RateLimitPaused, RequestFinished, RequestStarted, RetryScheduled, TokenRefreshed
+from ._events import (
+    Event,
+    RateChanged,
+    RateLimitPaused,
+    RequestFinished,
+    RequestStarted,
+    RetryScheduled,
+    TokenRefreshed,
+)
 from ._models import AccessToken, AccessTokenDetails, App, fingerprint
 from ._retry import RetryPolicy
 from ._session import MoneyKitSession
@@ -54,6 +62,7 @@ __all__ = [
     "MoneyKitError",
     "MoneyKitSession",
     "PermissionDeniedError",
+    "RateChanged",
     "RateLimitError",
     "RateLimitPaused",
     "RequestFinished",

@@ -10,6 +10,7 @@ plus what waits to be yielded (in input order, a slow token holds back at most o
 from __future__ import annotations
 
 import asyncio
+import heapq
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from types import TracebackType
@@ -21,7 +22,7 @@ from ._config import check_whole
 from ._errors import ClientDisabledError, MoneyKitError, SessionClosedError, UsageError
 from ._models import AccessTokenDetails, fingerprint
 
-__all__ = ["BatchResults", "ClientDisabledError", "IntrospectionResult"]
+__all__ = ["BatchResults", "ClientDisabledError", "IntrospectionResult", "Requeue"]
 
 
 @attrs.frozen
@@ -51,6 +52,17 @@ class IntrospectionResult:
     def __repr__(self) -> str:
         outcome = f"error={self.error!r}" if self.error is not None else f"details={self.details!r}"
         return f"IntrospectionResult(index={self.index}, fingerprint={self.fingerprint!r}, {outcome})"
+
+
+class Requeue(Exception):
+    """Raised by a batch's check: send this token again in `after` seconds (a 429 is flow control).
+
+    The worker moves on to other tokens meanwhile; the token keeps its place in the output order.
+    """
+
+    def __init__(self, after: float) -> None:
+        super().__init__(f"send again in {after:g} s")
+        self.after = after
 
 
 Check = Callable[[str], Awaitable[AccessTokenDetails]]
@@ -91,6 +103,7 @@ class BatchResults:
         self._next_index = 0
         self._exhausted = False
         self._pending: dict[int, IntrospectionResult] = {}  # ordered: finished, not yet yielded
+        self._requeued: list[tuple[float, int, str]] = []  # heap of (due, index, token), permits held
         self._ready: deque[IntrospectionResult] = deque()  # unordered
         self._next_to_yield = 0
         self._failure: BaseException | None = None  # ends the batch at once (the session closed)
@@ -252,7 +265,29 @@ class BatchResults:
         self._next_index += 1
         return index, token
 
+    async def _next(self) -> tuple[int, str] | None:
+        """A requeued token that is due, else a new one from the source; None when both are done."""
+        assert self._loop is not None
+        while True:
+            requeued = self._requeued
+            if requeued:
+                wait = requeued[0][0] - self._loop.time()
+                if wait <= 0:
+                    _, index, token = heapq.heappop(requeued)
+                    return index, token
+                # Never block on the window while tokens wait here: their results may be the ones the
+                # consumer needs next, and this worker must be free to send them when they are due.
+                if self._exhausted or self._window.locked():
+                    await asyncio.sleep(wait)
+                    continue
+            elif self._exhausted:
+                return None
+            item = await self._pull()
+            if item is not None:
+                return item
+
     async def _work(self, item: tuple[int, str] | None) -> None:
+        assert self._loop is not None
         try:
             while item is not None:
                 if len(self._workers) < self._concurrency and not self._exhausted:
@@ -261,7 +296,12 @@ class BatchResults:
                     if extra is not None:
                         self._spawn(extra)
                 index, token = item
-                result = await self._check_one(index, token)
+                try:
+                    result = await self._check_one(index, token)
+                except Requeue as again:
+                    heapq.heappush(self._requeued, (self._loop.time() + again.after, index, token))
+                    item = await self._next()
+                    continue
                 if self._ordered:
                     self._pending[index] = result
                     if index == self._next_to_yield:
@@ -269,7 +309,7 @@ class BatchResults:
                 else:
                     self._ready.append(result)
                     self._wake()
-                item = await self._pull()
+                item = await self._next()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it: the batch ends

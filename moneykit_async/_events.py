@@ -14,6 +14,7 @@ import attrs
 __all__ = [
     "Event",
     "OnEvent",
+    "RateChanged",
     "RateLimitPaused",
     "RequestFinished",
     "RequestStarted",
@@ -63,9 +64,18 @@ class RetryScheduled:
 
 @attrs.frozen
 class RateLimitPaused:
-    """MoneyKit rate-limited the session: no request is sent for `delay` seconds."""
+    """No request is sent for `delay` seconds: a 503 asked it, or 429s persisted at a reduced rate."""
 
     delay: float
+
+
+@attrs.frozen
+class RateChanged:
+    """MoneyKit throttled the session and its send rate was cut: at most `rate` requests/s from now
+    on (growing back while MoneyKit accepts them); `throttled` counts the 429s so far."""
+
+    rate: float
+    throttled: int
 
 
 @attrs.frozen
@@ -76,7 +86,7 @@ class TokenRefreshed:
     expires_in: int | None
 
 
-Event = RequestStarted | RequestFinished | RetryScheduled | RateLimitPaused | TokenRefreshed
+Event = RequestStarted | RequestFinished | RetryScheduled | RateLimitPaused | RateChanged | TokenRefreshed
 OnEvent = Callable[[Event], object]
 
 

@@ -19,7 +19,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from ._auth import DEFAULT_STORE_TIMEOUT, OnTokenRefresh, TokenManager
-from ._batch import BatchResults
+from ._batch import BatchResults, Requeue
 from ._cache import IntrospectionCache
 from ._config import (
     DEFAULT_MAX_CONNECTIONS,
@@ -50,6 +50,7 @@ from ._errors import (
 )
 from ._events import (
     OnEvent,
+    RateChanged,
     RateLimitPaused,
     RequestFinished,
     RequestStarted,
@@ -70,6 +71,7 @@ from ._protocol import (
     parse_token,
     token_request,
 )
+from ._rate import RateController
 from ._retry import RetryBudget, RetryPolicy, backoff_delay, retry_delay, session_pause
 from ._store import TokenStore
 
@@ -144,6 +146,7 @@ class MoneyKitSession:
         on_event: OnEvent | None = None,
         token_store: TokenStore | None = None,
         store_timeout: float = DEFAULT_STORE_TIMEOUT,
+        rate_limit: float | None = None,
         ssl: ssl.SSLContext | None = None,
         trust_env: bool = False,
         allow_insecure_http: bool = False,
@@ -180,6 +183,10 @@ class MoneyKitSession:
         if refresh_skew is not None:
             check_seconds("refresh_skew", refresh_skew, zero_ok=True)
         check_seconds("store_timeout", store_timeout, zero_ok=False)
+        if rate_limit is not None and (
+            isinstance(rate_limit, bool) or not isinstance(rate_limit, int | float) or not 0 < rate_limit < math.inf
+        ):
+            raise ConfigurationError(f"rate_limit must be a number of requests per second > 0, got {rate_limit!r}")
 
         self._client_id = client_id
         # The secret is wrapped: neither repr(session) nor vars(session) can show it.
@@ -207,7 +214,8 @@ class MoneyKitSession:
         self._retry = retry
         self._budget = RetryBudget(retry.budget)
         self._rng = random.Random()
-        self._paused_until = 0.0  # loop.time() before which no request is sent (after a 429 or a 503)
+        self._paused_until = 0.0  # loop.time() before which no request is sent (persistent 429s, a 503)
+        self._rate = RateController(ceiling=None if rate_limit is None else float(rate_limit))
         if session is not None and max_connections is not None:
             raise ConfigurationError(
                 "max_connections sizes the SDK's own pool; with session=, size the connector of your session"
@@ -299,6 +307,18 @@ class MoneyKitSession:
         """The per-call deadlines in force."""
         return self._timeout
 
+    @property
+    def send_rate(self) -> float | None:
+        """The send rate in requests/s this session keeps to, learned from 429s (or `rate_limit`);
+        None while nothing has been throttled and no limit was given: requests are then not paced."""
+        loop = self._loop
+        return self._rate.rate(loop.time()) if loop is not None else self._rate.ceiling
+
+    @property
+    def throttled(self) -> int:
+        """How many 429 answers this session has received."""
+        return self._rate.throttled
+
     def __repr__(self) -> str:
         if self._credentials is not None:
             auth = f"client_id={self._client_id!r}"
@@ -340,16 +360,20 @@ class MoneyKitSession:
         deadline = self._deadline()
         if token is None:
             return await self._bounded(deadline, "GET /auth/introspect", self._introspect_own(http, deadline))
-        given = check_token(token)
+        return await self._introspect_given(http, check_token(token), deadline, flow=False)
+
+    async def _introspect_given(
+        self, http: aiohttp.ClientSession, token: str, deadline: float | None, *, flow: bool
+    ) -> AccessTokenDetails:
         cache = self._cache
         if cache is None:
             # The hot path: _call enforces the deadline itself, with one timer per attempt.
-            return await self._introspect_token(http, given, deadline)
-        cached = cache.lookup(given)  # a hit needs no task and no timer
+            return await self._introspect_token(http, token, deadline, flow)
+        cached = cache.lookup(token)  # a hit needs no task and no timer
         if cached is not None:
             return cached
         # The shared load runs in the cache's task with a deadline of its own; ours bounds the wait.
-        load = cache.fetch(given, lambda: self._introspect_token(http, given, self._deadline()), owner=self)
+        load = cache.fetch(token, lambda: self._introspect_token(http, token, self._deadline(), flow), owner=self)
         return await self._bounded(deadline, "GET /auth/introspect", load)
 
     def introspect_many(
@@ -381,19 +405,16 @@ class MoneyKitSession:
         return batch
 
     async def _introspect_paced(self, token: str) -> AccessTokenDetails:
-        """`introspect(token)` for a batch: rate limits are flow control, not this token's failure."""
-        throttled = 0
-        while True:
-            await self._until_unpaused()  # the token's deadline starts once it may be sent
-            try:
-                return await self.introspect(token)
-            except RateLimitError as exc:
-                if exc.retry_after is not None and exc.retry_after > self._retry.max_retry_after:
-                    raise  # MoneyKit asked for a wait longer than this session may make
-                if self._paused_until <= self._clock():  # no session pause to wait out: back off on our own
-                    await asyncio.sleep(backoff_delay(self._retry, throttled, self._rng))
-                throttled += 1
-                logger.debug("token %s was rate limited; sending it again (%d)", fingerprint(token), throttled)
+        """`introspect(token)` for a batch: a 429 is flow control, so the token is requeued, not failed."""
+        await self._until_unpaused()  # the token's deadline starts once it may be sent
+        http = self._http()
+        try:
+            return await self._introspect_given(http, check_token(token), self._deadline(), flow=True)
+        except RateLimitError as exc:
+            if exc.retry_after is not None and exc.retry_after > self._retry.max_retry_after:
+                raise  # MoneyKit asked for a wait longer than this session may make
+            logger.debug("token %s was throttled; it goes back in the queue", fingerprint(token))
+            raise Requeue(exc.retry_after or 0.0) from None
 
     async def _until_unpaused(self) -> None:
         # A loop, not an Event: a new 429 may push the pause further while we sleep.
@@ -422,10 +443,12 @@ class MoneyKitSession:
         return loop.time() if loop is not None else asyncio.get_running_loop().time()
 
     async def _introspect_token(
-        self, http: aiohttp.ClientSession, token: str, deadline: float | None
+        self, http: aiohttp.ClientSession, token: str, deadline: float | None, flow: bool = False
     ) -> AccessTokenDetails:
         headers = {**self._headers, "Authorization": "Bearer " + token}
-        return await self._call(http, "GET", self._introspect_url, headers, None, parse_introspection, deadline, token)
+        return await self._call(
+            http, "GET", self._introspect_url, headers, None, parse_introspection, deadline, token, flow
+        )
 
     async def _mint(self) -> AccessToken:
         assert self._credentials is not None
@@ -471,27 +494,41 @@ class MoneyKitSession:
         parse: Callable[[int, Mapping[str, str], bytes], _T],
         deadline: float | None,
         subject: str | None = None,
+        flow: bool = False,
     ) -> _T:
-        """One API call: attempts, retry decisions, the session-wide 429 pause and the retry budget.
+        """One API call: pacing, attempts, retry decisions, pauses and the retry budget.
 
-        `subject` is the token the call is about (only its fingerprint is ever reported).
+        `subject` is the token the call is about (only its fingerprint is ever reported). A 429 is flow
+        control: it cuts the session's send rate and is retried no sooner than its Retry-After, within
+        the deadline, without spending retries or the budget; with `flow` (a batch, which requeues the
+        token and moves on) it is raised at once instead.
         """
         loop = self._loop
         assert loop is not None
         attempt_limit = self._timeout.attempt
         hook = self._on_event
         tag = fingerprint(subject) if hook is not None and subject is not None else None
+        what = f"{method} {url.path}"
         started = 0.0
-        retries = 0
+        retries = 0  # of failures: bounded by max_retries and the budget
+        attempt = 0  # every attempt, throttled ones included
+        throttles = 0
         slots = self._slots
+        rate = self._rate
         while True:
             if self._closed:
                 raise SessionClosedError(_CLOSED_IN_FLIGHT)
             if self._paused_until > loop.time():
                 await self._wait_out_pause(loop, deadline)
+            generation = rate.generation
+            wait = rate.reserve(loop.time())  # 0 until the first throttle: nothing is paced
+            if wait:
+                if deadline is not None and loop.time() + wait >= deadline:
+                    raise _paced_out(wait)
+                await asyncio.sleep(wait)
             if slots is not None:
                 if slots.locked():  # every connection is busy: wait for one, bounded by the deadline only
-                    await self._bounded(deadline, f"{method} {url.path}", slots.acquire())
+                    await self._bounded(deadline, what, slots.acquire())
                 else:
                     await slots.acquire()  # free: returns at once
             # One aiohttp timer bounds the attempt by Timeout.attempt or the call's deadline, whichever
@@ -505,14 +542,15 @@ class MoneyKitSession:
                     if remaining <= 0:
                         if slots is not None:
                             slots.release()
-                        raise self._timeout_error(f"{method} {url.path}")
+                        raise self._timeout_error(what)
                     limits = aiohttp.ClientTimeout(
                         total=remaining, sock_connect=self._timeout.connect, ceil_threshold=math.inf
                     )
                     by_deadline = True
+            attempt += 1
             if hook is not None:
                 started = loop.time()
-                emit(hook, RequestStarted(method, url.path, retries + 1, tag))
+                emit(hook, RequestStarted(method, url.path, attempt, tag))
             try:
                 try:
                     status, response_headers, body = await self._send(
@@ -529,45 +567,80 @@ class MoneyKitSession:
                         RequestFinished(
                             method,
                             url.path,
-                            retries + 1,
+                            attempt,
                             getattr(error, "status", None),
                             loop.time() - started,
                             type(error).__name__,
                             tag,
                         ),
                     )
-                time_left = None if deadline is None else deadline - loop.time()
-                delay = retry_delay(self._retry, error, retries, time_left, self._rng)
-                if delay is not None and not self._budget.try_spend():
-                    logger.debug("not retrying %s %s: the session's retry budget is spent", method, url.path)
-                    delay = None
-                pause = session_pause(self._retry, error, delay)
-                if pause is not None:
-                    self._paused_until = max(self._paused_until, loop.time() + pause)
-                    if hook is not None:
-                        emit(hook, RateLimitPaused(pause))
-                if delay is None:
-                    error.retries_taken = retries
-                    raise
+                if isinstance(error, RateLimitError):
+                    delay = self._on_throttle(error, generation, throttles, loop.time())
+                    time_left = None if deadline is None else deadline - loop.time()
+                    if (
+                        flow
+                        or delay is None
+                        or not self._retry.max_retries  # retrying switched off: off for 429s too
+                        or (time_left is not None and delay >= time_left)
+                    ):
+                        error.retries_taken = retries
+                        raise
+                    throttles += 1
+                else:
+                    if not isinstance(error, APIError) or error.status < 500:
+                        rate.accepted(generation, loop.time())  # an answer, and not a throttle
+                    time_left = None if deadline is None else deadline - loop.time()
+                    delay = retry_delay(self._retry, error, retries, time_left, self._rng)
+                    if delay is not None and not self._budget.try_spend():
+                        logger.debug("not retrying %s: the session's retry budget is spent", what)
+                        delay = None
+                    pause = session_pause(self._retry, error, delay)
+                    if pause is not None:
+                        self._pause(pause, loop.time())
+                    if delay is None:
+                        error.retries_taken = retries
+                        raise
+                    retries += 1
                 reason = _reason(error)
                 if hook is not None:
-                    emit(hook, RetryScheduled(method, url.path, retries + 1, delay, reason, tag))
-                retries += 1
-                logger.debug(
-                    "retrying %s %s (retry %d of %d) in %.3f s after %s",
-                    method,
-                    url.path,
-                    retries,
-                    self._retry.max_retries,
-                    delay,
-                    reason,
-                )
+                    emit(hook, RetryScheduled(method, url.path, attempt, delay, reason, tag))
+                logger.debug("retrying %s (attempt %d) in %.3f s after %s", what, attempt + 1, delay, reason)
                 await asyncio.sleep(delay)
                 continue
+            cut = rate.accepted(generation, loop.time())
+            if cut is not None:
+                self._rate_changed(cut)
             if hook is not None:
-                emit(hook, RequestFinished(method, url.path, retries + 1, status, loop.time() - started, None, tag))
+                emit(hook, RequestFinished(method, url.path, attempt, status, loop.time() - started, None, tag))
             self._budget.record_success()
             return result
+
+    def _on_throttle(self, error: RateLimitError, generation: int, throttles: int, now: float) -> float | None:
+        """Teach the rate controller about a 429; the wait before its retry, or None to give up."""
+        decision = self._rate.refused(generation, now)
+        if decision.cut is not None:
+            self._rate_changed(decision.cut)
+        retry_after = error.retry_after
+        if retry_after is not None and retry_after > self._retry.max_retry_after:
+            self._pause(self._retry.max_retry_after, now)  # obeyed as far as we may, for everyone
+            return None
+        # Retried no sooner than MoneyKit asked; without a Retry-After, the paced schedule spaces it.
+        wait = retry_after if retry_after is not None else 0.0
+        if decision.pause:  # throttled even at a reduced rate: everyone stops for the wait
+            self._pause(wait or backoff_delay(self._retry, throttles, self._rng), now)
+        return wait
+
+    def _pause(self, seconds: float, now: float) -> None:
+        until = now + seconds
+        if until > self._paused_until:
+            self._paused_until = until
+            if self._on_event is not None:
+                emit(self._on_event, RateLimitPaused(seconds))
+
+    def _rate_changed(self, rate: float) -> None:
+        logger.debug("MoneyKit throttled this session: sending at most %.1f requests/s", rate)
+        if self._on_event is not None:
+            emit(self._on_event, RateChanged(rate, self._rate.throttled))
 
     async def _wait_out_pause(self, loop: asyncio.AbstractEventLoop, deadline: float | None) -> None:
         wait = self._paused_until - loop.time()
@@ -699,6 +772,16 @@ def _settle_allocator() -> None:
         _allocator_settled = True
         block = bytearray(512 * 1024)
         del block
+
+
+def _paced_out(wait: float) -> RateLimitError:
+    return RateLimitError(
+        status=429,
+        error_code=RATE_LIMIT_EXCEEDED,
+        error_message="this session's send rate, learned from MoneyKit's 429s, leaves no slot for this call "
+        "before its deadline; raise Timeout(total=...) or send fewer requests",
+        retry_after=wait,
+    )
 
 
 def _pool_capacity(session: aiohttp.ClientSession) -> int | None:

@@ -26,6 +26,7 @@ from moneykit_async import (
     RequestTimeoutError,
     ResponseValidationError,
     RetryPolicy,
+    ServerError,
     SessionClosedError,
     Timeout,
     TokenRefreshError,
@@ -198,11 +199,11 @@ async def test_retry_after_on_503_is_honoured(fake: FakeMoneyKit) -> None:
 
 
 async def test_a_pause_longer_than_a_calls_deadline_fails_it_fast_with_the_wait(fake: FakeMoneyKit) -> None:
-    fake.inject(INTROSPECT, Fault(status=429, headers={"Retry-After": "0.8"}))
+    fake.inject(INTROSPECT, Fault(status=503, headers={"Retry-After": "0.8"}))
     token = fake.mint_token()
     retry = RetryPolicy(max_retries=0, max_retry_after=5.0)
     async with MoneyKitSession(base_url=fake.base_url, retry=retry, timeout=Timeout(total=0.5)) as mk:
-        with pytest.raises(RateLimitError):
+        with pytest.raises(ServerError):
             await mk.introspect(token)
         started = time.monotonic()
         with pytest.raises(RateLimitError) as caught:
@@ -210,6 +211,19 @@ async def test_a_pause_longer_than_a_calls_deadline_fails_it_fast_with_the_wait(
         assert time.monotonic() - started < 0.3
         assert caught.value.retry_after is not None and 0 < caught.value.retry_after <= 0.8
     assert fake.count(INTROSPECT) == 1
+
+
+async def test_a_429_with_a_long_retry_after_in_a_web_request_fails_only_that_call(fake: FakeMoneyKit) -> None:
+    fake.inject(INTROSPECT, Fault(status=429, headers={"Retry-After": "2"}))
+    tokens = [fake.mint_token() for _ in range(5)]
+    retry = RetryPolicy(backoff_base=0.01, max_retry_after=5.0)
+    async with MoneyKitSession(base_url=fake.base_url, retry=retry, timeout=Timeout(total=1.0)) as mk:
+        started = time.monotonic()
+        with pytest.raises(RateLimitError):
+            await mk.introspect(tokens[0])  # 2 s > its 1 s deadline: told at once
+        assert time.monotonic() - started < 0.5
+        details = await asyncio.gather(*(mk.introspect(t) for t in tokens[1:]))
+    assert len(details) == 4
 
 
 # -- pool, close and borrowed sessions ----------------------------------------------------------------

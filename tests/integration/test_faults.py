@@ -237,20 +237,39 @@ async def test_token_endpoint_blips_are_retried(fake: FakeMoneyKit) -> None:
     assert fake.count("/auth/token") == 3
 
 
-async def test_a_429_pauses_the_whole_session(fake: FakeMoneyKit) -> None:
+async def test_a_429_paces_the_whole_session_and_its_request_waits_its_retry_after(fake: FakeMoneyKit) -> None:
     tokens = [fake.mint_token() for _ in range(21)]
     fake.inject(INTROSPECT, Fault(status=429, headers={"Retry-After": "0.4"}))
     async with MoneyKitSession(base_url=fake.base_url, retry=FAST_RETRY) as mk:
         first = asyncio.create_task(mk.introspect(tokens[0]))
         await fake.wait_for_requests(1, INTROSPECT)
-        await asyncio.sleep(0.05)  # the 429 has been seen: the session is paused
+        await asyncio.sleep(0.05)  # the 429 has been seen: the session's sends are now paced
+        assert mk.send_rate is not None and mk.throttled == 1
         others = await asyncio.gather(*(mk.introspect(t) for t in tokens[1:]))
         await first
     assert len(others) == 20
-    rate_limited_at = fake.requests[0].at
+    throttled = fake.requests[0]
+    retried = [r.at for r in fake.requests[1:] if r.headers["Authorization"] == throttled.headers["Authorization"]]
+    assert retried and retried[0] >= throttled.at + 0.4 - 0.02  # not before its Retry-After
+    others_at = [r.at for r in fake.requests[1:] if r.headers["Authorization"] != throttled.headers["Authorization"]]
+    assert len(others_at) == 20
+    assert min(others_at) < throttled.at + 0.4  # the others were not held for the whole Retry-After
+
+
+async def test_a_503_with_retry_after_pauses_the_whole_session(fake: FakeMoneyKit) -> None:
+    tokens = [fake.mint_token() for _ in range(21)]
+    fake.inject(INTROSPECT, Fault(status=503, headers={"Retry-After": "0.4"}))
+    async with MoneyKitSession(base_url=fake.base_url, retry=FAST_RETRY) as mk:
+        first = asyncio.create_task(mk.introspect(tokens[0]))
+        await fake.wait_for_requests(1, INTROSPECT)
+        await asyncio.sleep(0.05)  # the 503 has been seen: the session is paused
+        others = await asyncio.gather(*(mk.introspect(t) for t in tokens[1:]))
+        await first
+    assert len(others) == 20
+    overloaded_at = fake.requests[0].at
     later = [r.at for r in fake.requests[1:]]
     assert len(later) == 21
-    assert min(later) >= rate_limited_at + 0.4 - 0.02  # nobody knocked while the session was paused
+    assert min(later) >= overloaded_at + 0.4 - 0.02  # nobody knocked while the session was paused
 
 
 async def test_the_retry_budget_stops_retry_storms_and_refills(fake: FakeMoneyKit) -> None:
@@ -280,7 +299,7 @@ async def test_retries_are_logged_at_debug(fake: FakeMoneyKit, caplog: pytest.Lo
             await mk.introspect(fake.mint_token())
     (record,) = [r for r in caplog.records if "retrying" in r.getMessage()]
     assert record.levelno == logging.DEBUG
-    assert "GET /auth/introspect (retry 1 of 2)" in record.getMessage()
+    assert "GET /auth/introspect (attempt 2)" in record.getMessage()
     assert "HTTP 503" in record.getMessage()
 
 

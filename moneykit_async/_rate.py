@@ -1,0 +1,197 @@
+"""Client-side rate control without I/O: the send rate a session learns from MoneyKit's 429s.
+
+The shape follows botocore's "adaptive" retry mode (a token bucket whose rate falls on a throttle and
+grows back along a cubic curve), changed where its users found it lacking:
+
+- It never blocks: `reserve(now)` answers how long a send must wait, and the session sleeps that long
+  on the event loop. Reservations follow GCRA (a token bucket written as one "theoretical arrival
+  time"), so concurrent callers are spread out one interval apart instead of woken together.
+- It stays out of the way until the first throttle (or a configured ceiling): until then `reserve`
+  is one attribute test.
+- A throttle cuts the rate once per round trip, not once per 429: answers to requests sent before
+  the last cut describe the old rate and are ignored. The cut goes to the share of the measured send
+  rate that MoneyKit accepted since the last cut, at most `BETA` of it, so one cut lands near the
+  limit even from a burst many times over it.
+- Between throttles the rate grows along CUBIC's curve: flat near the rate that was throttled (most
+  time is spent just under the limit), then faster, so a raised limit is found again in seconds.
+
+Why not a library: `aiolimiter` and `limits` pace to a rate you already know; none learns the rate
+from 429s, and the learning is the point here. A known limit can still be given as a ceiling.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Final
+
+import attrs
+
+__all__ = ["BETA", "RateController", "RateDecision"]
+
+# The most a cut keeps of the measured send rate (the cut is deeper when more was refused).
+BETA: Final = 0.95
+# CUBIC's growth constant, per second cubed, as a share of the rate that was throttled: a 5 % cut is
+# regained in ~0.55 s, and the rate doubles ~1.5 s after that if MoneyKit keeps accepting it.
+CUBIC_C: Final = 0.3
+# Sends within this window of the schedule may go at once: a small burst absorbs timer jitter
+# without ever sending more than a few requests above the rate.
+BURST_SECONDS: Final = 0.02
+# At most one cut per round: after a cut, the next waits for this many answers to requests sent at
+# the new rate, or MIN_ROUND seconds, so it is decided on what the new rate did.
+MIN_ANSWERS: Final = 16
+MIN_ROUND: Final = 0.1
+# However many were refused in a round, one cut keeps at least this share (the next round cuts again).
+MIN_KEEP: Final = 0.2
+# Rounds in a row in which MoneyKit accepted nothing: the quota is gone for now, not merely exceeded,
+# and the session pauses as a whole (see `RateDecision.pause`).
+PERSISTENT_STREAK: Final = 3
+# Below this the measured rate is noise; cuts never go lower.
+DEFAULT_FLOOR: Final = 1.0
+
+
+@attrs.frozen
+class RateDecision:
+    """What one throttle means: `cut` is the new rate if it was cut; `pause` asks for a session-wide stop."""
+
+    cut: float | None
+    pause: bool
+
+
+class _SendMeter:
+    """Sends per second over the last second, in 50 ms buckets (a few hundred bytes, O(1) per send)."""
+
+    WINDOW: Final = 1.0
+    BUCKET: Final = 0.05
+
+    def __init__(self) -> None:
+        self._buckets: deque[list[float]] = deque()  # [time of the bucket's first send, sends]
+
+    def record(self, now: float) -> None:
+        buckets = self._buckets
+        if buckets and now - buckets[-1][0] < self.BUCKET:
+            buckets[-1][1] += 1
+            return
+        buckets.append([now, 1.0])
+        while now - buckets[0][0] > self.WINDOW:
+            buckets.popleft()
+
+    def rate(self, now: float) -> float:
+        buckets = self._buckets
+        while buckets and now - buckets[0][0] > self.WINDOW:
+            buckets.popleft()
+        if not buckets:
+            return 0.0
+        # Measured from the first send in the window: a burst after a quiet hour is still a burst.
+        return sum(count for _, count in buckets) / max(now - buckets[0][0], 0.01)
+
+
+class RateController:
+    """The learned send rate of one session (or, shared, of a fleet) and its send schedule.
+
+    All times are the caller's monotonic clock (`loop.time()`), passed in, so the logic is tested with
+    a hand-moved clock. `ceiling` is a known limit in requests per second (`rate_limit=`).
+    """
+
+    def __init__(self, *, ceiling: float | None = None, floor: float = DEFAULT_FLOOR) -> None:
+        self.ceiling = ceiling
+        self.floor = floor if ceiling is None else min(floor, ceiling)
+        self.enabled = ceiling is not None  # until the first throttle, sends are not paced at all
+        self.throttled = 0  # 429s seen, for progress lines and metrics
+        self.cuts = 0
+        self._tat = 0.0  # GCRA: when the next send is due
+        self._w_max = 0.0  # the rate that was throttled last
+        self._cut_rate = ceiling or 0.0  # the rate right after the last cut
+        self._cut_at = -math.inf
+        self._k = 0.0  # seconds after the cut at which the curve is back at _w_max
+        self._meter = _SendMeter()
+        # Answers to the requests sent since the last cut.
+        self._accepted = 0
+        self._refused = 0
+        self._streak = 0  # rounds in a row that ended in a cut with nothing accepted
+
+    # -- the send schedule ---------------------------------------------------------------------------
+
+    def rate(self, now: float) -> float | None:
+        """The current send rate in requests per second, or None while sends are not paced."""
+        if not self.enabled:
+            return None
+        if self._cut_at == -math.inf:  # only a ceiling so far
+            return self.ceiling
+        t = now - self._cut_at - self._k
+        grown = self._w_max * (1.0 + CUBIC_C * t * t * t)
+        grown = max(grown, self._cut_rate) if t < 0 else grown
+        if self.ceiling is not None:
+            grown = min(grown, self.ceiling)
+        return max(self.floor, grown)
+
+    def reserve(self, now: float) -> float:
+        """Book the next send slot; returns how long to wait before sending (0 when it may go now)."""
+        self._meter.record(now)
+        if not self.enabled:
+            return 0.0
+        rate = self.rate(now)
+        assert rate is not None
+        interval = 1.0 / rate
+        tat = self._tat if self._tat > now else now
+        self._tat = tat + interval
+        wait = tat - now - max(BURST_SECONDS, interval)
+        return wait if wait > 0 else 0.0
+
+    def wait_time(self, now: float) -> float:
+        """How long until a send could go without waiting (nothing is booked)."""
+        if not self.enabled:
+            return 0.0
+        rate = self.rate(now)
+        assert rate is not None
+        wait = self._tat - now - max(BURST_SECONDS, 1.0 / rate)
+        return wait if wait > 0 else 0.0
+
+    # -- what the answers teach ------------------------------------------------------------------------
+
+    @property
+    def generation(self) -> int:
+        """Bumped by every cut: a request remembers it when it books its slot (see `reserve`)."""
+        return self.cuts
+
+    def accepted(self, generation: int, now: float) -> float | None:
+        """A request booked in `generation` got an answer that was not a throttle; returns a new rate if cut."""
+        if generation != self.cuts:
+            return None
+        self._accepted += 1
+        return self._maybe_cut(now) if self._refused else None
+
+    def refused(self, generation: int, now: float) -> RateDecision:
+        """A request booked in `generation` was answered 429 at `now`: cut the rate, once per round trip."""
+        self.throttled += 1
+        if generation != self.cuts:
+            return RateDecision(None, False)  # booked at the old rate: a cut already answered it
+        self._refused += 1
+        cut = self._maybe_cut(now)
+        return RateDecision(cut, cut is not None and self._streak >= PERSISTENT_STREAK)
+
+    def _maybe_cut(self, now: float) -> float | None:
+        """Cut at once, unless the last cut was so recent that its round has not said enough yet:
+        MIN_ANSWERS answers to requests sent at the new rate, or MIN_ROUND seconds."""
+        answered = self._accepted + self._refused
+        if answered < MIN_ANSWERS and now - self._cut_at < MIN_ROUND:
+            return None
+        measured = self._meter.rate(now)
+        current = self.rate(now)
+        reference = measured if current is None else min(current, measured) if measured > 0 else current
+        # Keep the share MoneyKit accepted, at most BETA, and at least MIN_KEEP per round.
+        share = self._accepted / answered
+        keep = max(MIN_KEEP, min(BETA, share))
+        new = max(self.floor, reference * keep)
+        if self.ceiling is not None:
+            new = min(new, self.ceiling)
+        self._streak = self._streak + 1 if self._accepted == 0 else 0
+        self._w_max = max(reference, new)  # the curve climbs back towards the rate that was throttled
+        self._cut_rate = new
+        self._cut_at = now
+        self._k = ((self._w_max - new) / (CUBIC_C * self._w_max)) ** (1.0 / 3.0) if self._w_max > new else 0.0
+        self.enabled = True
+        self.cuts += 1
+        self._tat = max(self._tat, now)
+        self._accepted = self._refused = 0
+        return new
