@@ -3,8 +3,12 @@
 Workers, not a task per token: up to `concurrency` long-lived tasks pull the next token when they are
 free, so the input is never drained ahead of the window, memory stays O(concurrency) and no task is
 created per request. The pool grows one worker per token found, so a batch of 3 tokens starts 3
-workers whatever `concurrency` says. A semaphore of `2 * concurrency` permits bounds what is in flight
+workers whatever `concurrency` says. A window of `2 * concurrency` tokens bounds what is in flight
 plus what waits to be yielded (in input order, a slow token holds back at most one window of results).
+
+A throttled token is requeued (see `Requeue`) and keeps its place in the order. While one waits out its
+Retry-After, the window widens to `REQUEUE_WINDOW * concurrency`, so the others keep MoneyKit's allowed
+rate instead of queueing behind it: memory stays bounded, by a larger constant, only while it waits.
 """
 
 from __future__ import annotations
@@ -67,6 +71,12 @@ class Requeue(Exception):
 
 Check = Callable[[str], Awaitable[AccessTokenDetails]]
 
+# The window while a requeued token is outstanding, in multiples of `concurrency` (64 → 4,096 results,
+# about 2 s of a 2,000/s limit, enough to ride out a Retry-After of 1 s at full rate).
+REQUEUE_WINDOW = 64
+
+_LIVE: set[asyncio.Task[None]] = set()  # asyncio keeps tasks weakly: a dropped batch's workers live on here
+
 # Errors that concern the whole batch rather than one token (the session is gone): they end the iteration.
 _FATAL = (SessionClosedError,)
 
@@ -98,7 +108,10 @@ class BatchResults:
         self._check = check
         self._concurrency = concurrency
         self._ordered = ordered
-        self._window = asyncio.Semaphore(2 * concurrency)
+        self._window = 2 * concurrency
+        self._held = 0  # tokens taken from the source (or requeued) and not yet yielded
+        self._room: asyncio.Event | None = None  # set when the consumer frees a place in the window
+        self._requeued_out: set[int] = set()  # indexes requeued at least once and not yet yielded
         self._source_lock = asyncio.Lock()
         self._next_index = 0
         self._exhausted = False
@@ -156,7 +169,7 @@ class BatchResults:
             while True:
                 result = self._take_ready()
                 if result is not None:
-                    self._window.release()
+                    self._release(result.index)
                     return result
                 if self._failure is not None:
                     raise self._failure
@@ -172,6 +185,17 @@ class BatchResults:
         except BaseException:
             await self.aclose()
             raise
+
+    def _release(self, index: int) -> None:
+        self._held -= 1
+        if self._requeued_out:
+            self._requeued_out.discard(index)
+        if self._room is not None:
+            self._room.set()
+
+    def _has_room(self) -> bool:
+        limit = self._window * (REQUEUE_WINDOW // 2 if self._requeued_out else 1)
+        return self._held < limit
 
     def _take_ready(self) -> IntrospectionResult | None:
         if self._ordered:
@@ -217,7 +241,10 @@ class BatchResults:
 
     def _spawn(self, item: tuple[int, str]) -> None:
         assert self._loop is not None
-        self._workers.append(self._loop.create_task(self._work(item), name="moneykit-batch-worker"))
+        task = self._loop.create_task(self._work(item), name="moneykit-batch-worker")
+        _LIVE.add(task)  # held until done, so close() can still stop it after the iterator is dropped
+        task.add_done_callback(_LIVE.discard)
+        self._workers.append(task)
         self._running += 1
 
     def _wake(self) -> None:
@@ -226,8 +253,13 @@ class BatchResults:
             wakeup.set_result(None)
 
     async def _pull(self) -> tuple[int, str] | None:
-        """The next token with a window permit held for it, or None (permit returned) at the end."""
-        await self._window.acquire()
+        """The next token with a place in the window held for it, or None (place given back) at the end."""
+        while not self._has_room():
+            if self._room is None:
+                self._room = asyncio.Event()
+            self._room.clear()
+            await self._room.wait()
+        self._held += 1
         try:
             item = await self._next_token()
         except Exception as exc:  # noqa: BLE001 - the source broke: finish what was sent, then raise it
@@ -236,10 +268,10 @@ class BatchResults:
                 self._source_error = exc
             item = None
         except BaseException:
-            self._window.release()
+            self._held -= 1
             raise
         if item is None:
-            self._window.release()
+            self._held -= 1
         return item
 
     async def _next_token(self) -> tuple[int, str] | None:
@@ -277,7 +309,7 @@ class BatchResults:
                     return index, token
                 # Never block on the window while tokens wait here: their results may be the ones the
                 # consumer needs next, and this worker must be free to send them when they are due.
-                if self._exhausted or self._window.locked():
+                if self._exhausted or not self._has_room():
                     await asyncio.sleep(wait)
                     continue
             elif self._exhausted:
@@ -300,6 +332,9 @@ class BatchResults:
                     result = await self._check_one(index, token)
                 except Requeue as again:
                     heapq.heappush(self._requeued, (self._loop.time() + again.after, index, token))
+                    self._requeued_out.add(index)
+                    if self._room is not None:
+                        self._room.set()  # the window just widened
                     item = await self._next()
                     continue
                 if self._ordered:

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from itertools import islice
 from typing import Any, TextIO, TypeVar
 
@@ -161,7 +161,7 @@ async def read_tokens(
     progress: Callable[[int], None],
     *,
     close: bool = False,
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     """Yield the non-blank lines of `source`, stripped (and a leading BOM removed), lazily.
 
     `source` is a file descriptor (a token file, or 0 for standard input) or an in-memory text
@@ -187,7 +187,7 @@ async def read_tokens(
         await blocks.aclose()
 
 
-async def _text_blocks(lines: Iterable[str]) -> AsyncIterator[tuple[list[str], int]]:
+async def _text_blocks(lines: Iterable[str]) -> AsyncGenerator[tuple[list[str], int], None]:
     iterator = iter(lines)
     consumed = 0
     while block := list(islice(iterator, LINES_PER_BLOCK)):
@@ -198,7 +198,7 @@ async def _text_blocks(lines: Iterable[str]) -> AsyncIterator[tuple[list[str], i
 _Item = tuple[list[str], int, bool] | OSError
 
 
-async def _fd_blocks(fd: int, close: bool) -> AsyncIterator[tuple[list[str], int]]:
+async def _fd_blocks(fd: int, close: bool) -> AsyncGenerator[tuple[list[str], int], None]:
     """Blocks of decoded lines from `fd`, read ahead by a daemon thread at most PENDING_BLOCKS at a time."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[_Item] = asyncio.Queue()
@@ -320,32 +320,109 @@ class Progress:
             self._stream.flush()
 
 
+class ChunkProgress:
+    """`check --arq`'s progress line on stderr when it is a terminal: chunks done, tokens merged, rate."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._enabled = stream.isatty()
+        self._started = time.monotonic()
+        self._last = 0.0
+        self._done = self._total = self._tokens = 0
+
+    def chunks(self, done: int, total: int) -> None:
+        self._done, self._total = done, total
+        self._draw()
+
+    def merged(self, tokens: int) -> None:
+        self._tokens += tokens
+        self._draw()
+
+    def _draw(self) -> None:
+        now = time.monotonic()
+        if not self._enabled or now - self._last < 0.2:
+            return
+        self._last = now
+        elapsed = now - self._started
+        rate = self._tokens / elapsed if elapsed > 0 else 0.0
+        self._stream.write(
+            f"\rchunks {self._done:,}/{self._total:,} done, {self._tokens:,} tokens merged, {rate:,.0f}/s   "
+        )
+        self._stream.flush()
+
+    def close(self) -> None:
+        if self._enabled:
+            self._stream.write("\r" + " " * 70 + "\r")
+            self._stream.flush()
+
+
 # -- commands --------------------------------------------------------------------------------------
+
+
+DEFAULT_CONCURRENCY = 64
+DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024  # the same as contrib.arq's (not imported: arq is an optional extra)
+DEFAULT_ARQ_TIMEOUT = 3600.0
 
 
 def _session(args: argparse.Namespace, **kwargs: Any) -> MoneyKitSession:
     return MoneyKitSession(base_url=args.base_url, **kwargs)
 
 
-async def cmd_introspect(args: argparse.Namespace, out: TextIO) -> int:
+def token_from_stdin() -> str:
+    """`introspect -`: the first non-blank line of standard input, stripped (a BOM too).
+
+    Read before the event loop starts (nothing else runs yet). On a terminal the token is asked for
+    without echo.
+    """
+    stdin = sys.stdin
+    if stdin is None:
+        raise UsageError("introspect - reads the token from standard input, which is closed")
+    if stdin.isatty():
+        import getpass
+
+        return getpass.getpass("token: ").removeprefix(BOM).strip()
+    first = True
+    while raw := stdin.buffer.readline(MAX_LINE_BYTES):
+        line = raw.decode("utf-8", errors="replace")
+        token = (line.removeprefix(BOM) if first else line).strip()
+        first = False
+        if token:
+            return token
+    raise UsageError(
+        "introspect - reads the token from standard input, which had none; "
+        "pipe it in: printf '%s\\n' \"$TOKEN\" | moneykit-async introspect -"
+    )
+
+
+async def cmd_introspect(args: argparse.Namespace, out: TextIO, token: str | None = None) -> int:
+    """Print the details of `token` (default: args.token; None: the client's own) as JSON.
+
+    A token whose client is disabled prints its details, then raises ClientDisabledError (status 1).
+    """
+    if token is None:
+        token = args.token
     async with _session(args) as mk:
-        details = await mk.introspect(args.token)
+        details = await mk.introspect(token)
     data = details_json(details)
-    data["fingerprint"] = fingerprint(args.token) if args.token else None
+    data["fingerprint"] = fingerprint(token) if token else None
     out.write(json.dumps(data, indent=2) + "\n")
+    if details.is_disabled():
+        raise ClientDisabledError(details.disabled_at)
     return EXIT_OK
 
 
 async def run_check(
     mk: MoneyKitSession,
-    stream: IO[str],
+    source: int | Iterable[str],
     out: TextIO,
     err: TextIO,
     *,
     concurrency: int,
     total_bytes: int | None = None,
+    close: bool = False,
 ) -> Counter[str]:
-    """Check every token of `stream`, writing JSON Lines to `out`; returns the count of each outcome."""
+    """Check every token of `source` (see read_tokens), writing JSON Lines to `out`; returns the count
+    of each outcome."""
     # Line numbers of tokens handed to the batch and not yet reported: results come in input order,
     # so each result takes the oldest. Holds O(concurrency) numbers, never the whole file.
     line_numbers: deque[int] = deque()
@@ -354,14 +431,14 @@ async def run_check(
     fraction: float | None = None
 
     def on_read(consumed: int) -> None:
-        # Counted, not stream.tell(): a text file being iterated refuses to tell its position.
         nonlocal fraction
         if total_bytes:
             fraction = min(1.0, consumed / total_bytes) or None
 
     checked = 0
     try:
-        async for result in mk.introspect_many(read_tokens(stream, line_numbers, on_read), concurrency=concurrency):
+        tokens = read_tokens(source, line_numbers, on_read, close=close)
+        async for result in mk.introspect_many(tokens, concurrency=concurrency):
             checked += 1
             outcomes[outcome_of(result.error)] += 1
             out.write(json.dumps(result_json(line_numbers.popleft(), result)) + "\n")
@@ -391,40 +468,65 @@ async def cmd_check_distributed(args: argparse.Namespace, out: TextIO, err: Text
     if args.file in (None, "-") or not os.path.isfile(args.file):  # noqa: ASYNC240 - one stat, before any work
         raise UsageError("--arq needs a token FILE that the workers can read (not standard input)")
     out_dir = args.out_dir or args.file + ".results"
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the --out-dir {out_dir}: {exc.strerror}") from None
     outcomes: Counter[str] = Counter()
     workers: Counter[str] = Counter()
+    rerun = 0
     started = time.monotonic()
-    async for report in run_distributed_check(args.arq, args.file, out_dir, chunk_bytes=args.chunk_bytes):
-        outcomes.update(report.outcomes)
-        workers[report.worker] += report.tokens
-        with open(report.output, encoding="utf-8") as chunk:  # noqa: ASYNC230 - a local file, small
-            for line in chunk:
-                out.write(line)
+    progress = ChunkProgress(err)
+    try:
+        async for report in run_distributed_check(
+            args.arq,
+            args.file,
+            out_dir,
+            chunk_bytes=args.chunk_bytes,
+            time_limit=args.timeout,
+            progress=progress.chunks,
+        ):
+            outcomes.update(report.outcomes)
+            workers[report.worker] += report.tokens
+            rerun += report.tries > 1
+            with open(report.output, encoding="utf-8") as chunk:  # noqa: ASYNC230 - a local file, small
+                for line in chunk:
+                    out.write(line)
+            progress.merged(report.tokens)
+    finally:
+        progress.close()
     err.write(summary(outcomes, time.monotonic() - started) + "\n")
     err.write("per worker: " + ", ".join(f"{name} {n:,}" for name, n in sorted(workers.items())) + "\n")
+    if rerun:
+        err.write(f"re-run: {rerun:,} chunks, after their worker stopped mid-chunk (each token is reported once)\n")
     return _check_status(outcomes)
+
+
+def _open_tokens(path: str) -> tuple[int, int | None]:
+    """A descriptor for the token file and its size in bytes (None when unknown, e.g. a pipe)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    info = os.fstat(fd)
+    if stat.S_ISDIR(info.st_mode):
+        os.close(fd)
+        raise UsageError(f"cannot read {path}: it is a directory; pass a file of tokens, one per line")
+    return fd, (info.st_size or None) if stat.S_ISREG(info.st_mode) else None
 
 
 async def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.arq:
         return await cmd_check_distributed(args, out, err)
     if args.file in (None, "-"):
-        stream: IO[str] = sys.stdin
-        total_bytes = None
+        if sys.stdin is None:
+            raise UsageError("check - reads standard input, which is closed; pass a FILE")
+        fd, total_bytes, close = sys.stdin.fileno(), None, False
     else:
-        try:  # opening is quick; the lines are then read in a thread (read_tokens)
-            stream = open(args.file, encoding="utf-8", errors="replace")  # noqa: SIM115, ASYNC230
-        except OSError as exc:
-            raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
-        total_bytes = os.fstat(stream.fileno()).st_size or None
+        (fd, total_bytes), close = _open_tokens(args.file), True
     started = time.monotonic()
-    try:
-        async with _session(args) as mk:
-            outcomes = await run_check(mk, stream, out, err, concurrency=args.concurrency, total_bytes=total_bytes)
-    finally:
-        if stream is not sys.stdin:
-            stream.close()
+    async with _session(args) as mk:  # the reader thread closes the file when it is done with it
+        outcomes = await run_check(mk, fd, out, err, concurrency=args.concurrency, total_bytes=total_bytes, close=close)
     err.write(summary(outcomes, time.monotonic() - started) + "\n")
     return _check_status(outcomes)
 
@@ -468,13 +570,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the SDK does (retries, refreshes)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    introspect = commands.add_parser("introspect", help="print the details of a token as JSON")
-    introspect.add_argument("token", nargs="?", help="the token to check (default: the configured client's own)")
+    introspect = commands.add_parser(
+        "introspect",
+        help="print the details of a token as JSON",
+        description="Print the details of a token as JSON. Pass the token on standard input: "
+        "printf '%s\\n' \"$TOKEN\" | moneykit-async introspect -",
+    )
+    introspect.add_argument(
+        "token",
+        nargs="?",
+        metavar="-",
+        help="- to read the token from standard input (first non-blank line); without it, the configured "
+        "client's own token. A token given here instead is visible to other users (ps, shell history)",
+    )
     introspect.add_argument("--base-url", help="API root (default: $MONEYKIT_BASE_URL or production)")
 
     check = commands.add_parser("check", help="check one token per line; JSON Lines on stdout, summary on stderr")
     check.add_argument("file", nargs="?", default="-", help="file of tokens, or - for standard input (default)")
-    check.add_argument("--concurrency", type=int, default=64, help="requests in flight at most (default 64)")
+    check.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        help=f"requests in flight at most (default {DEFAULT_CONCURRENCY})",
+    )
     check.add_argument("--base-url", help="API root (default: $MONEYKIT_BASE_URL or production)")
     check.add_argument(
         "--arq",
@@ -482,13 +600,51 @@ def build_parser() -> argparse.ArgumentParser:
         help="spread the check over arq workers (arq moneykit_async.contrib.arq.WorkerSettings) on this Redis",
     )
     check.add_argument("--out-dir", help="with --arq: where workers write chunk results (default: FILE.results/)")
-    check.add_argument("--chunk-bytes", type=int, default=4 * 1024 * 1024, help="with --arq: bytes per job")
+    check.add_argument(
+        "--chunk-bytes",
+        type=int,
+        default=DEFAULT_CHUNK_BYTES,
+        help=f"with --arq: bytes of the file per job (default {DEFAULT_CHUNK_BYTES})",
+    )
+    check.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_ARQ_TIMEOUT,
+        metavar="SECONDS",
+        help=f"with --arq: give up after this long, saying how many chunks were not finished "
+        f"(default {DEFAULT_ARQ_TIMEOUT:g})",
+    )
 
     sandbox = commands.add_parser("sandbox", help="run the offline MoneyKit sandbox in the foreground")
     sandbox.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
 
     commands.add_parser("demo", help="run the SDK end to end against the built-in offline sandbox")
     return parser
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Refuse option values that cannot work, with one line that says what to pass instead."""
+    if args.command != "check":
+        return
+    if args.concurrency < 1:
+        raise UsageError(f"--concurrency must be at least 1 (got {args.concurrency}; default {DEFAULT_CONCURRENCY})")
+    if args.chunk_bytes < 1:
+        raise UsageError(
+            f"--chunk-bytes must be a positive number of bytes (got {args.chunk_bytes}; default {DEFAULT_CHUNK_BYTES})"
+        )
+    if not args.timeout > 0:  # also NaN
+        raise UsageError(
+            f"--timeout must be a number of seconds above 0 (got {args.timeout:g}; default {DEFAULT_ARQ_TIMEOUT:g})"
+        )
+
+
+def _discard_stdout() -> None:
+    """After a broken pipe: send what is left of stdout to /dev/null, so the flush at exit cannot fail
+    (Python's "Exception ignored ... BrokenPipeError"), as the signal module's documentation advises."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -499,13 +655,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verbose:
         logging.basicConfig(level=logging.DEBUG, stream=err, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
+        validate(args)
         if args.command == "introspect":
-            return asyncio.run(cmd_introspect(args, out))
-        if args.command == "check":
-            return asyncio.run(cmd_check(args, out, err))
-        if args.command == "sandbox":
-            return asyncio.run(cmd_sandbox(args, out))
-        return asyncio.run(cmd_demo(out))
+            token = token_from_stdin() if args.token == "-" else args.token
+            code = asyncio.run(cmd_introspect(args, out, token))
+        elif args.command == "check":
+            code = asyncio.run(cmd_check(args, out, err))
+        elif args.command == "sandbox":
+            code = asyncio.run(cmd_sandbox(args, out))
+        else:
+            code = asyncio.run(cmd_demo(out))
+        out.flush()  # here, not at exit: a reader that left early must be noticed (see below)
+        return code
     except MoneyKitError as exc:
         err.write(f"moneykit-async: {type(exc).__name__}: {exc}\n")
         if args.command == "check":
@@ -513,8 +674,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_code_for(exc)
     except KeyboardInterrupt:
         err.write("moneykit-async: interrupted\n")
-        return 130
-    except BrokenPipeError:  # e.g. `| head`: the reader left; nothing more to say
-        with contextlib.suppress(OSError):
-            sys.stdout.close()
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `| head`: the reader left
+        _discard_stdout()
+        if args.command == "check":  # not every result reached the reader: not a clean "all valid"
+            err.write("moneykit-async: the output was closed before every result was written\n")
+            return EXIT_INVALID
         return EXIT_OK

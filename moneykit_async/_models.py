@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from datetime import UTC, datetime
@@ -40,10 +41,10 @@ class AccessTokenDetails:
     scope: str
     app: App
     disabled_at: datetime | None = None
-    scopes: frozenset[str] = attrs.field(init=False, eq=False, repr=False)
 
-    @scopes.default
-    def _split_scope(self) -> frozenset[str]:
+    @functools.cached_property
+    def scopes(self) -> frozenset[str]:
+        """`scope` as a set (computed on first use: most callers never ask)."""
         return frozenset(self.scope.split())
 
     def has_scopes(self, *names: str) -> bool:

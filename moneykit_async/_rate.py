@@ -34,6 +34,11 @@ BETA: Final = 0.95
 # CUBIC's growth constant, per second cubed, as a share of the rate that was throttled: a 5 % cut is
 # regained in ~0.55 s, and the rate doubles ~1.5 s after that if MoneyKit keeps accepting it.
 CUBIC_C: Final = 0.3
+# The rate never climbs above this multiple of the rate MoneyKit accepted over the last second.
+GROWTH_CAP: Final = 2.0
+# The accepted rate the cap follows is measured over this many seconds: short, so a raised limit is
+# followed within a second or two.
+ACCEPTED_WINDOW: Final = 0.3
 # Sends within this window of the schedule may go at once: a small burst absorbs timer jitter
 # without ever sending more than a few requests above the rate.
 BURST_SECONDS: Final = 0.02
@@ -42,7 +47,7 @@ BURST_SECONDS: Final = 0.02
 MIN_ANSWERS: Final = 16
 MIN_ROUND: Final = 0.1
 # However many were refused in a round, one cut keeps at least this share (the next round cuts again).
-MIN_KEEP: Final = 0.2
+MIN_KEEP: Final = 0.1
 # Rounds in a row in which MoneyKit accepted nothing: the quota is gone for now, not merely exceeded,
 # and the session pauses as a whole (see `RateDecision.pause`).
 PERSISTENT_STREAK: Final = 3
@@ -58,14 +63,13 @@ class RateDecision:
     pause: bool
 
 
-class _SendMeter:
-    """Sends per second over the last second, in 50 ms buckets (a few hundred bytes, O(1) per send)."""
+class _Meter:
+    """Events per second over the last `window` seconds, in buckets of a twentieth of it (O(1) per event)."""
 
-    WINDOW: Final = 1.0
-    BUCKET: Final = 0.05
-
-    def __init__(self) -> None:
-        self._buckets: deque[list[float]] = deque()  # [time of the bucket's first send, sends]
+    def __init__(self, window: float) -> None:
+        self.WINDOW = window
+        self.BUCKET = window / 20
+        self._buckets: deque[list[float]] = deque()  # [time of the bucket's first event, events]
 
     def record(self, now: float) -> None:
         buckets = self._buckets
@@ -104,11 +108,13 @@ class RateController:
         self._cut_rate = ceiling or 0.0  # the rate right after the last cut
         self._cut_at = -math.inf
         self._k = 0.0  # seconds after the cut at which the curve is back at _w_max
-        self._meter = _SendMeter()
+        self._meter = _Meter(1.0)  # sends
+        self._accepted_meter = _Meter(ACCEPTED_WINDOW)  # answers that were not throttles
         # Answers to the requests sent since the last cut.
         self._accepted = 0
         self._refused = 0
         self._streak = 0  # rounds in a row that ended in a cut with nothing accepted
+        self._first_round = False
 
     # -- the send schedule ---------------------------------------------------------------------------
 
@@ -123,6 +129,12 @@ class RateController:
         grown = max(grown, self._cut_rate) if t < 0 else grown
         if self.ceiling is not None:
             grown = min(grown, self.ceiling)
+        if t > -self._k / 2:
+            # Never far above what MoneyKit accepted over the last second (as botocore caps its bucket
+            # at twice the measured rate): a climb towards a rate that was far over the limit stops
+            # short of a second overshoot, while a raised limit still lets the accepted rate, and so
+            # this cap, grow by half every second.
+            grown = min(grown, max(self._cut_rate, GROWTH_CAP * self._accepted_meter.rate(now)))
         return max(self.floor, grown)
 
     def reserve(self, now: float) -> float:
@@ -156,7 +168,8 @@ class RateController:
 
     def accepted(self, generation: int, now: float) -> float | None:
         """A request booked in `generation` got an answer that was not a throttle; returns a new rate if cut."""
-        if generation != self.cuts:
+        self._accepted_meter.record(now)
+        if generation != self.cuts and not self._first_round:
             return None
         self._accepted += 1
         return self._maybe_cut(now) if self._refused else None
@@ -164,7 +177,7 @@ class RateController:
     def refused(self, generation: int, now: float) -> RateDecision:
         """A request booked in `generation` was answered 429 at `now`: cut the rate, once per round trip."""
         self.throttled += 1
-        if generation != self.cuts:
+        if generation != self.cuts and not self._first_round:
             return RateDecision(None, False)  # booked at the old rate: a cut already answered it
         self._refused += 1
         cut = self._maybe_cut(now)
@@ -193,5 +206,9 @@ class RateController:
         self.enabled = True
         self.cuts += 1
         self._tat = max(self._tat, now)
+        # After the very first cut, the answers still on their way (sent unpaced, before it) are the best
+        # measure of how far over the limit that was: the next round counts them, so the second cut
+        # lands near the limit one round trip later instead of several.
+        self._first_round = self.cuts == 1
         self._accepted = self._refused = 0
         return new

@@ -334,7 +334,6 @@ class MoneyKitSession:
             raise SessionClosedError("this MoneyKitSession is closed; create a new one")
         if self._loop is None:  # first use: bind to this loop (checked on failures, see _send)
             self._loop = asyncio.get_running_loop()
-            _settle_allocator()
         client = self._client
         if client is None:
             connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
@@ -754,24 +753,6 @@ class MoneyKitSession:
             f"{what} did not complete within the {self._timeout.total} s deadline; "
             "raise Timeout(total=...) or check MoneyKit's status"
         )
-
-
-_allocator_settled = False
-
-
-def _settle_allocator() -> None:
-    """Free one 512 KiB block, once per process, so glibc's adaptive mmap threshold rises above 256 KiB.
-
-    asyncio reads each socket into a fresh 256 KiB buffer. While glibc's threshold is at its 128 KiB
-    start, every read becomes mmap + mremap + munmap; a process that never freed a larger block (as a
-    lean SDK process may not) measured three extra syscalls and ~15 µs of system time per response.
-    Freeing one larger block is what glibc adapts to; elsewhere this is a no-op.
-    """
-    global _allocator_settled
-    if not _allocator_settled:
-        _allocator_settled = True
-        block = bytearray(512 * 1024)
-        del block
 
 
 def _paced_out(wait: float) -> RateLimitError:

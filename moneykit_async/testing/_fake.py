@@ -105,6 +105,25 @@ _ERROR_CODES = {
 }
 
 
+class _TokenBucket:
+    """MoneyKit's rate limit as the fake plays it: `rate` per second, bursts of `burst`."""
+
+    def __init__(self, rate: float, burst: int, retry_after: float | None) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.retry_after = retry_after
+        self._tokens = float(burst)
+        self._at = time.monotonic()
+
+    def take(self, now: float) -> bool:
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
 def error_body(status: int, error_code: str | None = None, message: str | None = None) -> dict[str, Any]:
     """The JSON MoneyKit sends with an error status."""
     return {
@@ -160,6 +179,8 @@ class FakeMoneyKit:
         self._runner: web.AppRunner | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
         self._arrived: asyncio.Condition | None = None
+        self._limit: _TokenBucket | None = None
+        self.throttled = 0  # requests answered 429 by `limit_rate`
         self.demo_client = self.add_client(
             client_id=client_id,
             client_secret=client_secret or "sandbox_secret_" + secrets.token_urlsafe(18),
@@ -287,6 +308,11 @@ class FakeMoneyKit:
         """Every token the fake has issued (for tests that check tokens never leak)."""
         return list(self._tokens)
 
+    def limit_rate(self, per_second: float | None, *, burst: int = 100, retry_after: float | None = None) -> None:
+        """Answer 429 `api_error.rate_limit_exceeded` beyond `per_second` requests (a token bucket holding
+        `burst`), with `Retry-After: retry_after` if given; None lifts the limit. Counted in `throttled`."""
+        self._limit = None if per_second is None else _TokenBucket(per_second, burst, retry_after)
+
     def inject(self, path: str, *faults: Fault) -> None:
         """Answer the next requests to `path` with `faults`, in order, then normally again."""
         self._faults.setdefault(path, deque()).extend(faults)
@@ -332,6 +358,11 @@ class FakeMoneyKit:
         if self._arrived is not None:
             async with self._arrived:
                 self._arrived.notify_all()
+        limit = self._limit
+        if limit is not None and not limit.take(time.monotonic()):
+            self.throttled += 1
+            headers = {} if limit.retry_after is None else {"Retry-After": f"{limit.retry_after:g}"}
+            return web.json_response(error_body(429), status=429, headers=headers)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         task = asyncio.current_task()

@@ -1,0 +1,284 @@
+"""Rate-limited benchmark: batches against a server that plays MoneyKit's rate limit.
+
+    python benchmarks/rate_limited.py [--seconds 10] [--rounds 1] [--scenarios ...] [--contenders ...]
+
+Each scenario is a fresh server process (benchmarks/server.py --limit ...): a token bucket of R
+requests/s holding 100, answering 429 `api_error.rate_limit_exceeded` beyond it, with or without
+Retry-After, and in one scenario a limit that halves midway. Each contender checks R × `--seconds`
+tokens in a process of its own, at concurrency 64:
+
+- sdk: `introspect_many` with the SDK's defaults;
+- ideal: raw aiohttp paced exactly at the limit it is told (the oracle; it still retries a 429);
+- official: the official `moneykit` client on 64 threads, retrying a 429 after its Retry-After (1 s
+  without one), as a careful user would.
+
+Figures: the share of the allowed rate achieved (tokens checked ÷ what the limit allowed over the run),
+the 429s the server sent and their share of all requests, tokens that ended failed, and the time. For
+the halving scenario, how long after the halving the 429 share stayed above 1 % (per 1 s window).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+CONCURRENCY = 64
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "2000-ra": {"label": "2,000/s, Retry-After: 1", "limit": 2000, "retry_after": 1.0},
+    "2000-none": {"label": "2,000/s, no Retry-After", "limit": 2000, "retry_after": None},
+    "500-ra": {"label": "500/s, Retry-After: 1", "limit": 500, "retry_after": 1.0},
+    "500-none": {"label": "500/s, no Retry-After", "limit": 500, "retry_after": None},
+    "halving": {"label": "2,000/s halving to 1,000/s midway, Retry-After: 1", "limit": 2000, "retry_after": 1.0},
+}
+CONTENDERS = ["sdk", "ideal", "official"]
+
+
+def tokens(n: int) -> Iterator[str]:
+    for i in range(n):
+        yield f"tok_{i:09d}"
+
+
+# -- contenders (each in its own process) --------------------------------------------------------------
+
+
+async def sdk(url: str, n: int, **_: Any) -> dict[str, Any]:
+    from moneykit_async import MoneyKitSession
+
+    failed: dict[str, int] = {}
+    async with MoneyKitSession(base_url=url) as mk:
+        async for result in mk.introspect_many(tokens(n), concurrency=CONCURRENCY):
+            if not result.ok:
+                name = type(result.error).__name__
+                failed[name] = failed.get(name, 0) + 1
+    return {"failed": sum(failed.values()), "failures": failed}
+
+
+async def ideal(url: str, n: int, limit: float, halve_after: float | None, **_: Any) -> dict[str, Any]:
+    import aiohttp
+
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    next_slot = start
+
+    async def slot() -> None:
+        nonlocal next_slot
+        now = loop.time()
+        rate = limit / 2 if halve_after is not None and now - start >= halve_after else limit
+        at = max(next_slot, now)
+        next_slot = at + 1 / rate
+        if at > now:
+            await asyncio.sleep(at - now)
+
+    failed = 0
+    async with aiohttp.ClientSession() as session:
+        semaphore = asyncio.Semaphore(CONCURRENCY)
+
+        async def one(token: str) -> None:
+            nonlocal failed
+            async with semaphore:
+                for _ in range(100):
+                    await slot()
+                    async with session.get(url + "/auth/introspect", headers={"Authorization": "Bearer " + token}) as r:
+                        await r.read()
+                        if r.status != 429:
+                            return
+                        await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
+                failed += 1
+
+        await asyncio.gather(*(one(t) for t in tokens(n)))
+    return {"failed": failed}
+
+
+def official(url: str, n: int, **_: Any) -> dict[str, Any]:
+    import moneykit
+    from moneykit.api.access_token_api import AccessTokenApi
+    from moneykit.exceptions import ApiException
+
+    config = moneykit.Configuration(host=url)
+    config.connection_pool_maxsize = CONCURRENCY
+    failed = 0
+    with moneykit.ApiClient(config) as client:
+        api = AccessTokenApi(client)
+
+        def one(token: str) -> None:
+            nonlocal failed
+            for _ in range(100):
+                try:
+                    api.instrospect_client(_headers={"Authorization": "Bearer " + token})
+                    return
+                except ApiException as exc:
+                    if exc.status != 429:
+                        break
+                    time.sleep(float((exc.headers or {}).get("Retry-After", "1")))
+            failed += 1
+
+        with ThreadPoolExecutor(CONCURRENCY) as pool:
+            list(pool.map(one, tokens(n)))
+    return {"failed": failed}
+
+
+def run_contender(name: str, url: str, n: int, limit: float, halve_after: float | None) -> dict[str, Any]:
+    started = time.perf_counter()
+    if name == "official":
+        result = official(url, n)
+    else:
+        runner = sdk if name == "sdk" else ideal
+        result = asyncio.run(runner(url, n, limit=limit, halve_after=halve_after))
+    result["seconds"] = time.perf_counter() - started
+    return result
+
+
+# -- the harness ------------------------------------------------------------------------------------
+
+
+def allowed(limit: float, halve_after: float | None, seconds: float) -> float:
+    """Requests the limit allowed in `seconds` (plus its initial burst of 100)."""
+    if halve_after is None or seconds <= halve_after:
+        return 100 + limit * seconds
+    return 100 + limit * halve_after + limit / 2 * (seconds - halve_after)
+
+
+def settle_time(timeline: dict[str, list[int]], after: float) -> float | None:
+    """Seconds after `after` until every later 1 s window has under 1 % of 429s."""
+    buckets = {int(k): v for k, v in timeline.items()}
+    if not buckets:
+        return None
+    last = max(buckets)
+    settled = after
+    for start in range(int(after * 10), last + 1):
+        window = [buckets.get(b, [0, 0]) for b in range(start, start + 10)]
+        ok, refused = sum(w[0] for w in window), sum(w[1] for w in window)
+        if ok + refused and refused / (ok + refused) >= 0.01:
+            settled = (start + 10) / 10
+    return settled - after
+
+
+def one_run(scenario: str, contender: str, seconds: float) -> dict[str, Any]:
+    spec = SCENARIOS[scenario]
+    limit = spec["limit"]
+    halve_after = seconds / 2 if scenario == "halving" else None
+    n = int(allowed(limit, halve_after, seconds) - 100)
+    with tempfile.TemporaryDirectory() as tmp:
+        port_file, stats_file = os.path.join(tmp, "port"), os.path.join(tmp, "stats.json")
+        command = [sys.executable, str(HERE / "server.py"), port_file, "--limit", str(limit), "--stats", stats_file]
+        if spec["retry_after"] is not None:
+            command += ["--retry-after", str(spec["retry_after"])]
+        if halve_after is not None:
+            command += ["--halve-after", str(halve_after)]
+        server = subprocess.Popen(command)
+        try:
+            while not os.path.exists(port_file):
+                time.sleep(0.05)
+            url = f"http://127.0.0.1:{Path(port_file).read_text()}"
+            args = ["--run", contender, "--url", url, "--tokens", str(n), "--limit", str(limit)]
+            if halve_after is not None:
+                args += ["--halve-after", str(halve_after)]
+            out = subprocess.run(
+                [sys.executable, __file__, *args], capture_output=True, text=True, check=True, timeout=900
+            )
+            result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+        finally:
+            server.terminate()
+            server.wait()
+        timeline: dict[str, list[int]] = json.loads(Path(stats_file).read_text())
+    accepted = sum(v[0] for v in timeline.values())
+    refused = sum(v[1] for v in timeline.values())
+    result.update(
+        scenario=scenario,
+        contender=contender,
+        tokens=n,
+        share=(n - result["failed"]) / allowed(limit, halve_after, result["seconds"]),
+        responses_429=refused,
+        share_429=refused / max(1, accepted + refused),
+        settle_s=settle_time(timeline, halve_after) if halve_after is not None else None,
+    )
+    return result
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| scenario | contender | share of allowed rate | 429s | 429 share | failed tokens | time s | settled after halving s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        settle = "" if r["settle_s"] is None else f"{r['settle_s']:.1f}"
+        lines.append(
+            f"| {SCENARIOS[r['scenario']]['label']} | {r['contender']} | {r['share']:.2f} ({r['share_range']}) | "
+            f"{r['responses_429']:,.0f} | {r['share_429']:.2%} | {r['failed']:.0f} | {r['seconds']:.1f} | {settle} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of one run at the limit")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--run", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--tokens", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--limit", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--halve-after", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run:
+        print(json.dumps(run_contender(args.run, args.url, args.tokens, args.limit, args.halve_after)))
+        return
+
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    contenders = [c for c in args.contenders.split(",") if c]
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for round_no in range(args.rounds):
+        for scenario in scenarios:
+            order = contenders[round_no % len(contenders) :] + contenders[: round_no % len(contenders)]
+            for contender in order:
+                result = one_run(scenario, contender, args.seconds)
+                runs.setdefault((scenario, contender), []).append(result)
+                print(
+                    f"round {round_no + 1}: {scenario:<10} {contender:<8} share {result['share']:.2f} "
+                    f"429s {result['responses_429']} ({result['share_429']:.2%}) failed {result['failed']} "
+                    f"in {result['seconds']:.1f} s",
+                    file=sys.stderr,
+                )
+    rows = []
+    for (scenario, contender), results in runs.items():
+        shares = [r["share"] for r in results]
+        settles = [r["settle_s"] for r in results if r["settle_s"] is not None]
+        rows.append(
+            {
+                "scenario": scenario,
+                "contender": contender,
+                "share": statistics.median(shares),
+                "share_range": f"{min(shares):.2f}–{max(shares):.2f}",
+                "responses_429": statistics.median(r["responses_429"] for r in results),
+                "share_429": statistics.median(r["share_429"] for r in results),
+                "failed": statistics.median(r["failed"] for r in results),
+                "seconds": statistics.median(r["seconds"] for r in results),
+                "settle_s": statistics.median(settles) if settles else None,
+            }
+        )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"seconds": args.seconds, "rounds": args.rounds, "python": sys.version.split()[0], "results": rows}
+    report["runs"] = [r for results in runs.values() for r in results]
+    (out / "rate_limited.json").write_text(json.dumps(report, indent=2))
+    text = table(rows)
+    (out / "rate_limited.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

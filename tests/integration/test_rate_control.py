@@ -1,0 +1,96 @@
+"""Rate control against a rate-limited FakeMoneyKit: no failed tokens, requeues, recovery, ceilings.
+
+Timing targets (share of the allowed rate, 429 share) are measured by `make bench`, not asserted here;
+these tests assert what must hold however busy the machine is."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from moneykit_async import (
+    ConfigurationError,
+    Event,
+    MoneyKitSession,
+    RateChanged,
+    RetryPolicy,
+    Timeout,
+)
+from moneykit_async.testing import FakeMoneyKit
+
+INTROSPECT = "/auth/introspect"
+
+
+@pytest.mark.parametrize("retry_after", [0.2, None])
+async def test_a_throttled_batch_fails_no_token(fake: FakeMoneyKit, retry_after: float | None) -> None:
+    tokens = [fake.mint_token() for _ in range(300)]
+    fake.limit_rate(300, burst=20, retry_after=retry_after)
+    events: list[Event] = []
+    async with MoneyKitSession(base_url=fake.base_url, on_event=events.append, retry=RetryPolicy(max_retries=0)) as mk:
+        results = [r async for r in mk.introspect_many(tokens, concurrency=32)]
+        assert mk.throttled == fake.throttled > 0
+        assert mk.send_rate is not None
+    assert [r.index for r in results] == list(range(300))  # each token once, in order
+    assert [r.error for r in results if not r.ok] == []  # even with retrying switched off
+    assert fake.count(INTROSPECT) == 300 + fake.throttled  # every 429 was sent again, nothing more
+    changes = [e for e in events if isinstance(e, RateChanged)]
+    assert changes and all(c.rate > 0 for c in changes)
+
+
+async def test_an_unthrottled_session_is_never_paced(fake: FakeMoneyKit) -> None:
+    tokens = [fake.mint_token() for _ in range(200)]
+    events: list[Event] = []
+    async with MoneyKitSession(base_url=fake.base_url, on_event=events.append) as mk:
+        results = [r async for r in mk.introspect_many(tokens, concurrency=16)]
+        assert mk.send_rate is None and mk.throttled == 0
+    assert all(r.ok for r in results)
+    assert not [e for e in events if isinstance(e, RateChanged)]
+
+
+async def test_the_rate_recovers_when_moneykit_allows_more(fake: FakeMoneyKit) -> None:
+    token = fake.mint_token()
+    fake.limit_rate(100, burst=5)
+    async with MoneyKitSession(base_url=fake.base_url, retry=RetryPolicy(backoff_base=0.01)) as mk:
+
+        async def hammer(seconds: float) -> None:
+            stop = time.monotonic() + seconds
+            while time.monotonic() < stop:
+                await asyncio.gather(*(mk.introspect(token) for _ in range(8)))
+
+        await hammer(1.0)
+        throttled_rate = mk.send_rate
+        assert throttled_rate is not None and throttled_rate < 400
+        fake.limit_rate(None)  # MoneyKit lifts the limit
+        await hammer(3.0)
+        recovered = mk.send_rate
+    assert recovered is not None and recovered > 2 * throttled_rate
+
+
+async def test_a_given_rate_limit_is_a_ceiling_from_the_first_request(fake: FakeMoneyKit) -> None:
+    tokens = [fake.mint_token() for _ in range(60)]
+    fake.limit_rate(120, burst=5)
+    async with MoneyKitSession(base_url=fake.base_url, rate_limit=100) as mk:
+        assert mk.send_rate == 100
+        started = time.monotonic()
+        results = [r async for r in mk.introspect_many(tokens, concurrency=16)]
+        elapsed = time.monotonic() - started
+    assert all(r.ok for r in results)
+    assert fake.throttled == 0  # paced under the limit from the start: not one 429
+    assert elapsed >= 0.5  # 60 requests at 100/s, less a 20 ms burst
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("inf"), float("nan"), True, "100"])
+def test_rate_limit_is_validated(bad: object) -> None:
+    with pytest.raises(ConfigurationError, match="rate_limit"):
+        MoneyKitSession(rate_limit=bad)  # type: ignore[arg-type]
+
+
+async def test_a_single_call_rides_out_429s_within_its_deadline(fake: FakeMoneyKit) -> None:
+    token = fake.mint_token()
+    fake.limit_rate(20, burst=1, retry_after=0.1)
+    async with MoneyKitSession(base_url=fake.base_url, timeout=Timeout(total=5.0)) as mk:
+        details = await asyncio.gather(*(mk.introspect(token) for _ in range(10)))
+    assert len(details) == 10  # throttled calls waited their Retry-After and went again, none failed
+    assert fake.throttled > 0

@@ -1,0 +1,186 @@
+"""The rate controller on a hand-moved clock: no network, no sleeping."""
+
+from __future__ import annotations
+
+import pytest
+
+from moneykit_async._rate import BETA, MIN_ANSWERS, MIN_KEEP, MIN_ROUND, PERSISTENT_STREAK, RateController
+
+
+def send(rc: RateController, now: float, count: int = 1) -> list[float]:
+    """Book `count` sends at `now`; their waits."""
+    return [rc.reserve(now) for _ in range(count)]
+
+
+def test_nothing_is_paced_before_the_first_throttle() -> None:
+    rc = RateController()
+    assert rc.rate(0.0) is None
+    assert send(rc, 0.0, 10_000) == [0.0] * 10_000
+    assert rc.wait_time(0.0) == 0.0
+    assert rc.cuts == 0 and not rc.enabled
+
+
+def test_a_ceiling_paces_from_the_start_and_spreads_simultaneous_callers() -> None:
+    rc = RateController(ceiling=100.0)
+    assert rc.rate(0.0) == 100.0
+    waits = send(rc, 0.0, 10)
+    # A burst of 20 ms goes at once, then one interval (10 ms) apart: spread, never all woken together.
+    assert waits == pytest.approx([0.0, 0.0, 0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07])
+    assert rc.wait_time(0.0) == pytest.approx(0.08)
+
+
+def test_the_first_429_cuts_at_once_to_beta_of_the_measured_rate() -> None:
+    rc = RateController()
+    generation = rc.generation
+    for i in range(1000):  # 1,000 sends over 0.5 s: 2,000/s
+        rc.reserve(i * 0.0005)
+        rc.accepted(generation, i * 0.0005)
+    decision = rc.refused(generation, 0.5)
+    assert decision.cut == pytest.approx(2000 * BETA, rel=0.01)
+    assert not decision.pause
+    assert rc.enabled and rc.rate(0.5) == pytest.approx(decision.cut)
+    assert rc.throttled == 1 and rc.cuts == 1
+
+
+def test_the_first_round_counts_the_unpaced_burst_then_old_answers_are_ignored() -> None:
+    rc = RateController()
+    unpaced = rc.generation
+    send(rc, 0.0, 100)
+    first = rc.refused(unpaced, 0.05).cut
+    assert first is not None
+    # The answers to the unpaced burst still on the wire say how far over the limit it was: after
+    # MIN_ANSWERS of them (2 accepted), a second cut lands at about the accepted share.
+    for _ in range(2):
+        rc.accepted(unpaced, 0.051)
+    second = None
+    for _ in range(MIN_ANSWERS - 2):
+        second = rc.refused(unpaced, 0.052).cut or second
+    assert second is not None and second < first * 0.25
+    cuts = rc.cuts
+    for _ in range(50):  # from now on, answers to requests booked before the last cut are ignored
+        assert rc.refused(unpaced, 0.06).cut is None
+    assert rc.cuts == cuts and rc.throttled == 1 + MIN_ANSWERS - 2 + 50
+
+
+def test_at_most_one_cut_per_round_then_by_the_share_accepted() -> None:
+    rc = RateController()
+    send(rc, 0.0, 1000)
+    rc.refused(rc.generation, 0.1)  # the first cut
+    rate = rc.rate(0.1)
+    assert rate is not None
+    generation = rc.generation
+    send(rc, 0.1, MIN_ANSWERS)
+    # Too early to judge the new rate: refusals before MIN_ANSWERS answers or MIN_ROUND seconds wait.
+    assert rc.refused(generation, 0.101).cut is None
+    for _ in range(3):
+        rc.accepted(generation, 0.102)
+    for _ in range(MIN_ANSWERS - 5):
+        assert rc.refused(generation, 0.103).cut is None
+    decision = rc.refused(generation, 0.104)  # 16 answers, 3 of them accepted
+    assert decision.cut is not None
+    assert decision.cut < rate * 0.5  # far deeper than BETA: most were refused
+
+
+def test_a_round_also_ends_after_min_round_seconds() -> None:
+    rc = RateController()
+    send(rc, 0.0, 100)
+    rc.refused(rc.generation, 0.1)
+    generation = rc.generation
+    assert rc.refused(generation, 0.1 + MIN_ROUND / 2).cut is None
+    assert rc.refused(generation, 0.1 + MIN_ROUND * 1.01).cut is not None
+
+
+def test_one_cut_keeps_at_least_min_keep() -> None:
+    rc = RateController()
+    send(rc, 0.0, 1000)
+    rc.refused(rc.generation, 0.1)
+    generation = rc.generation
+    before = rc.rate(0.2)
+    assert before is not None
+    send(rc, 0.2, 100)
+    cut = None
+    for _ in range(MIN_ANSWERS):
+        cut = rc.refused(generation, 0.2).cut or cut
+    assert cut is not None
+    assert cut >= before * MIN_KEEP * 0.99
+
+
+def run_accepting(rc: RateController, start: float, seconds: float, step: float = 0.001) -> float:
+    """MoneyKit accepting everything sent at the controller's pace for `seconds`; returns the end time."""
+    now = start
+    while now < start + seconds:
+        if rc.wait_time(now) == 0.0:  # a sender that sends whenever a slot is free
+            generation = rc.generation
+            assert rc.reserve(now) == 0.0
+            rc.accepted(generation, now)
+        now += step
+    return now
+
+
+def test_the_rate_grows_back_and_past_the_rate_that_was_throttled() -> None:
+    rc = RateController()
+    for i in range(2000):
+        rc.accepted(rc.generation, i * 0.0005)
+        rc.reserve(i * 0.0005)
+    cut = rc.refused(rc.generation, 1.0).cut
+    assert cut is not None and cut == pytest.approx(2000 * BETA, rel=0.02)
+    samples = []
+    now = 1.0
+    for _ in range(8):  # half a second at a time, MoneyKit accepting all it is sent
+        now = run_accepting(rc, now, 0.5, step=0.0001)
+        samples.append(rc.rate(now) or 0.0)
+    assert samples == sorted(samples)  # never shrinks without a throttle
+    assert samples[1] >= 2000 * 0.97  # back near the throttled rate within ~1 s
+    assert samples[-1] > 4000  # and MoneyKit allowing more is found again within seconds
+
+
+def test_the_climb_stays_near_what_moneykit_accepted() -> None:
+    rc = RateController()
+    for i in range(1000):  # an unpaced burst at 10,000/s
+        rc.reserve(i * 0.0001)
+    rc.refused(rc.generation, 0.1)
+    now = 0.1
+    for _ in range(20):  # MoneyKit accepts nothing more: the climb must not run away
+        now += 0.1
+        assert (rate := rc.rate(now)) is not None and rate <= 10_000 * BETA
+
+
+def test_the_ceiling_caps_learning() -> None:
+    rc = RateController(ceiling=50.0)
+    send(rc, 0.0, 10)
+    rc.refused(rc.generation, 0.5)
+    assert all((r := rc.rate(0.5 + t)) is not None and r <= 50.0 for t in (0.1, 1, 10, 100))
+
+
+def test_persistent_throttling_asks_for_a_session_wide_pause() -> None:
+    rc = RateController()
+    send(rc, 0.0, 100)
+    pauses = []
+    now = 0.1
+    for _ in range(PERSISTENT_STREAK + 1):
+        generation = rc.generation
+        decision = rc.refused(generation, now)
+        pauses.append(decision.pause)
+        now += MIN_ROUND * 1.01
+    assert pauses[-1] is True
+    assert pauses[0] is False
+
+
+def test_an_accepted_answer_ends_the_streak() -> None:
+    rc = RateController()
+    send(rc, 0.0, 100)
+    now = 0.1
+    for _ in range(PERSISTENT_STREAK - 1):
+        rc.refused(rc.generation, now)
+        now += MIN_ROUND * 1.01
+    rc.accepted(rc.generation, now)
+    assert rc.refused(rc.generation, now + MIN_ROUND * 1.01).pause is False
+
+
+def test_the_floor_holds() -> None:
+    rc = RateController(floor=2.0)
+    now = 0.0
+    for _ in range(50):
+        rc.refused(rc.generation, now)
+        now += MIN_ROUND * 1.01
+    assert (rate := rc.rate(now)) is not None and rate >= 2.0
