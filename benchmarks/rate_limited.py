@@ -4,7 +4,7 @@
 
 Each scenario is a fresh server process (benchmarks/server.py --limit ...): a token bucket of R
 requests/s holding 100, answering 429 `api_error.rate_limit_exceeded` beyond it, with or without
-Retry-After, and in one scenario a limit that halves midway. Each contender checks R × `--seconds`
+Retry-After, and in one scenario a limit that halves midway. Each contender checks R x `--seconds`
 tokens in a process of its own, at concurrency 64:
 
 - sdk: `introspect_many` with the SDK's defaults;
@@ -209,7 +209,8 @@ def one_run(scenario: str, contender: str, seconds: float) -> dict[str, Any]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| scenario | contender | share of allowed rate | 429s | 429 share | failed tokens | time s | settled after halving s |",
+        "| scenario | contender | share of allowed rate | 429s | 429 share | failed tokens | time s "
+        "| settled after halving s |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
