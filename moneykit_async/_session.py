@@ -359,15 +359,20 @@ class MoneyKitSession:
         deadline = self._deadline()
         if token is None:
             return await self._bounded(deadline, "GET /auth/introspect", self._introspect_own(http, deadline))
-        return await self._introspect_given(http, check_token(token), deadline, flow=False)
+        given = check_token(token)
+        if self._cache is None:
+            # The hot path: straight to _call, which enforces the deadline with one timer per attempt.
+            headers = {**self._headers, "Authorization": "Bearer " + given}
+            return await self._call(
+                http, "GET", self._introspect_url, headers, None, parse_introspection, deadline, given
+            )
+        return await self._introspect_cached(http, given, deadline, flow=False)
 
-    async def _introspect_given(
+    async def _introspect_cached(
         self, http: aiohttp.ClientSession, token: str, deadline: float | None, *, flow: bool
     ) -> AccessTokenDetails:
         cache = self._cache
-        if cache is None:
-            # The hot path: _call enforces the deadline itself, with one timer per attempt.
-            return await self._introspect_token(http, token, deadline, flow)
+        assert cache is not None
         cached = cache.lookup(token)  # a hit needs no task and no timer
         if cached is not None:
             return cached
@@ -405,10 +410,18 @@ class MoneyKitSession:
 
     async def _introspect_paced(self, token: str) -> AccessTokenDetails:
         """`introspect(token)` for a batch: a 429 is flow control, so the token is requeued, not failed."""
-        await self._until_unpaused()  # the token's deadline starts once it may be sent
+        if self._paused_until:
+            await self._until_unpaused()  # the token's deadline starts once it may be sent
         http = self._http()
+        given = check_token(token)
+        deadline = self._deadline()
         try:
-            return await self._introspect_given(http, check_token(token), self._deadline(), flow=True)
+            if self._cache is not None:
+                return await self._introspect_cached(http, given, deadline, flow=True)
+            headers = {**self._headers, "Authorization": "Bearer " + given}
+            return await self._call(
+                http, "GET", self._introspect_url, headers, None, parse_introspection, deadline, given, True
+            )
         except RateLimitError as exc:
             if exc.retry_after is not None and exc.retry_after > self._retry.max_retry_after:
                 raise  # MoneyKit asked for a wait longer than this session may make
@@ -670,7 +683,11 @@ class MoneyKitSession:
             async with http.request(
                 method, url, headers=headers, data=form, timeout=limits, **self._request_options
             ) as resp:
-                return resp.status, resp.headers, await self._read_body(resp, method, url)
+                answered = resp.headers
+                length = resp.content_length
+                if length is not None and length <= self._max_response_bytes and "Content-Encoding" not in answered:
+                    return resp.status, answered, await resp.read()  # the usual answer: bounded by its length
+                return resp.status, answered, await self._read_body(resp, method, url)
         except (aiohttp.ClientError, TimeoutError, RuntimeError) as exc:
             error = self._transport_error(exc, http, method, url, by_deadline)
             if error is None:
