@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Final
+from typing import Final, Protocol, runtime_checkable
 
 import attrs
 
-__all__ = ["BETA", "RateController", "RateDecision"]
+__all__ = ["BETA", "RateController", "RateDecision", "SharedRate"]
 
 # The most a cut keeps of the measured send rate (the cut is deeper when more was refused).
 BETA: Final = 0.95
@@ -53,6 +53,21 @@ MIN_KEEP: Final = 0.1
 PERSISTENT_STREAK: Final = 3
 # Below this the measured rate is noise; cuts never go lower.
 DEFAULT_FLOOR: Final = 1.0
+
+
+@runtime_checkable
+class SharedRate(Protocol):
+    """A send rate shared by a fleet (see `moneykit_async.contrib.redis.RedisRateLimiter`)."""
+
+    rate: float | None
+
+    async def reserve(self, namespace: str, ceiling: float | None) -> tuple[int, float]:
+        """Book a send slot: (generation, seconds to wait)."""
+        ...
+
+    def report(self, generation: int, accepted: bool) -> None:
+        """The outcome of a request booked in `generation` (sent with the next reservation)."""
+        ...
 
 
 @attrs.frozen

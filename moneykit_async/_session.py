@@ -71,7 +71,7 @@ from ._protocol import (
     parse_token,
     token_request,
 )
-from ._rate import RateController
+from ._rate import RateController, SharedRate
 from ._retry import RetryBudget, RetryPolicy, backoff_delay, retry_delay, session_pause
 from ._store import TokenStore
 
@@ -183,6 +183,8 @@ class MoneyKitSession:
         if refresh_skew is not None:
             check_seconds("refresh_skew", refresh_skew, zero_ok=True)
         check_seconds("store_timeout", store_timeout, zero_ok=False)
+        self._store_timeout = store_timeout
+        self._shared_down_until = 0.0
         if rate_limit is not None and (
             isinstance(rate_limit, bool) or not isinstance(rate_limit, int | float) or not 0 < rate_limit < math.inf
         ):
@@ -216,6 +218,10 @@ class MoneyKitSession:
         self._rng = random.Random()
         self._paused_until = 0.0  # loop.time() before which no request is sent (persistent 429s, a 503)
         self._rate = RateController(ceiling=None if rate_limit is None else float(rate_limit))
+        # A fleet-wide rate, if the token store shares one (RedisTokenStore(share_rate_limit=True)).
+        shared = getattr(token_store, "rate_limiter", None)
+        self._shared: SharedRate | None = shared if isinstance(shared, SharedRate) else None
+        self._namespace = f"{client_id}:{fingerprint(self._scope or '')}"
         if session is not None and max_connections is not None:
             raise ConfigurationError(
                 "max_connections sizes the SDK's own pool; with session=, size the connector of your session"
@@ -311,6 +317,8 @@ class MoneyKitSession:
     def send_rate(self) -> float | None:
         """The send rate in requests/s this session keeps to, learned from 429s (or `rate_limit`);
         None while nothing has been throttled and no limit was given: requests are then not paced."""
+        if self._shared is not None and self._shared.rate is not None:
+            return self._shared.rate
         loop = self._loop
         return self._rate.rate(loop.time()) if loop is not None else self._rate.ceiling
 
@@ -527,6 +535,8 @@ class MoneyKitSession:
         throttles = 0
         slots = self._slots
         rate = self._rate
+        shared = self._shared
+        fleet_generation: int | None = None
         while True:
             if self._closed:
                 raise SessionClosedError(_CLOSED_IN_FLIGHT)
@@ -534,6 +544,10 @@ class MoneyKitSession:
                 await self._wait_out_pause(loop, deadline)
             generation = rate.generation
             wait = rate.reserve(loop.time())  # 0 until the first throttle: nothing is paced
+            if shared is not None:
+                fleet = await self._reserve_shared(shared)
+                if fleet is not None:
+                    fleet_generation, wait = fleet
             if wait:
                 if deadline is not None and loop.time() + wait >= deadline:
                     raise _paced_out(wait)
@@ -587,6 +601,8 @@ class MoneyKitSession:
                         ),
                     )
                 if isinstance(error, RateLimitError):
+                    if shared is not None and fleet_generation is not None:
+                        shared.report(fleet_generation, accepted=False)
                     delay = self._on_throttle(error, generation, throttles, loop.time())
                     time_left = None if deadline is None else deadline - loop.time()
                     if (
@@ -599,8 +615,10 @@ class MoneyKitSession:
                         raise
                     throttles += 1
                 else:
-                    if not isinstance(error, APIError) or error.status < 500:
-                        rate.accepted(generation, loop.time())  # an answer, and not a throttle
+                    if isinstance(error, APIError) and error.status < 500:  # an answer, and not a throttle
+                        rate.accepted(generation, loop.time())
+                        if shared is not None and fleet_generation is not None:
+                            shared.report(fleet_generation, accepted=True)
                     time_left = None if deadline is None else deadline - loop.time()
                     delay = retry_delay(self._retry, error, retries, time_left, self._rng)
                     if delay is not None and not self._budget.try_spend():
@@ -622,6 +640,8 @@ class MoneyKitSession:
             cut = rate.accepted(generation, loop.time())
             if cut is not None:
                 self._rate_changed(cut)
+            if shared is not None and fleet_generation is not None:
+                shared.report(fleet_generation, accepted=True)
             if hook is not None:
                 emit(hook, RequestFinished(method, url.path, attempt, status, loop.time() - started, None, tag))
             self._budget.record_success()
@@ -641,6 +661,20 @@ class MoneyKitSession:
         if decision.pause:  # throttled even at a reduced rate: everyone stops for the wait
             self._pause(wait or backoff_delay(self._retry, throttles, self._rng), now)
         return wait
+
+    async def _reserve_shared(self, shared: SharedRate) -> tuple[int, float] | None:
+        """A slot in the fleet's schedule, or None (this process paces on its own) when Redis fails."""
+        loop = self._loop
+        assert loop is not None
+        if loop.time() < self._shared_down_until:
+            return None
+        try:
+            async with asyncio.timeout(self._store_timeout):
+                return await shared.reserve(self._namespace, self._rate.ceiling)
+        except Exception as exc:  # noqa: BLE001 - a broken limiter must never become a MoneyKit outage
+            logger.warning("the shared rate limiter failed (%s); pacing this process alone for 5 s", type(exc).__name__)
+            self._shared_down_until = loop.time() + 5.0
+            return None
 
     def _pause(self, seconds: float, now: float) -> None:
         until = now + seconds

@@ -33,7 +33,7 @@ from redis.exceptions import LockError
 from .._models import AccessToken
 from .._store import StoreLock
 
-__all__ = ["RedisTokenStore"]
+__all__ = ["RedisRateLimiter", "RedisTokenStore"]
 
 logger = logging.getLogger("moneykit_async")
 
@@ -61,6 +61,8 @@ class RedisTokenStore:
     - `wait_timeout`: how long another process waits for that lock before minting on its own. It is
       shorter than `Timeout.total` (and than the session's `store_timeout`), so a process whose lock
       holder died still gets a token within the call's deadline.
+    - `share_rate_limit`: the fleet also shares one send rate learned from 429s (`RedisRateLimiter`),
+      instead of each process learning MoneyKit's limit on its own.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class RedisTokenStore:
         lock_timeout: float = 15.0,
         wait_timeout: float = 4.0,
         poll_interval: float = 0.02,
+        share_rate_limit: bool = False,
     ) -> None:
         if isinstance(redis, str):
             # Short socket timeouts: a Redis that does not answer must not hold up a token refresh.
@@ -80,6 +83,7 @@ class RedisTokenStore:
             self._redis = redis
             self._owns_client = False
         self._prefix = prefix
+        self.rate_limiter = RedisRateLimiter(self._redis, prefix=prefix + ":rate") if share_rate_limit else None
         self._lock_timeout = lock_timeout
         self._wait_timeout = wait_timeout
         self._poll_interval = poll_interval
@@ -142,3 +146,137 @@ class RedisTokenStore:
         """Close the Redis client if the store created it from a URL."""
         if self._owns_client:
             await self._redis.aclose()
+
+
+# One round trip per request: apply the outcomes reported since the last call (pairs of generation and
+# 1 = accepted, 2 = refused), then book a send slot. The same decisions as moneykit_async._rate's
+# RateController, made once for the whole fleet on Redis's clock: a GCRA schedule at the learned rate,
+# one cut per round, CUBIC growth capped at twice the fleet's accepted rate.
+_RATE_SCRIPT = """
+local key = KEYS[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local ceiling = tonumber(ARGV[1])
+local beta, c, min_keep, min_answers, min_round, burst, cap, floor = 0.95, 0.3, 0.1, 16, 0.1, 0.02, 2.0, 1.0
+local f = redis.call('HMGET', key, 'gen', 'enabled', 'cut_rate', 'w_max', 'k', 'cut_at', 'tat', 'acc', 'ref',
+  's_at', 's_prev', 's_cur', 'a_at', 'a_prev', 'a_cur', 'first')
+local gen = tonumber(f[1]) or 0
+local enabled = f[2] == '1'
+local cut_rate, w_max, k = tonumber(f[3]) or 0, tonumber(f[4]) or 0, tonumber(f[5]) or 0
+local cut_at, tat = tonumber(f[6]) or -1e18, tonumber(f[7]) or 0
+local acc, ref = tonumber(f[8]) or 0, tonumber(f[9]) or 0
+local first = f[16] == '1'  -- the round after the first cut also counts the unpaced burst's answers
+-- two meters (sends, accepted answers) as a current and a previous window of one second
+local function meter(at, prev, cur, window)
+  at, prev, cur = tonumber(at) or now, tonumber(prev) or 0, tonumber(cur) or 0
+  if now - at >= 2 * window then return now, 0, 0 end
+  if now - at >= window then return at + window, cur, 0 end
+  return at, prev, cur
+end
+local function measured(at, prev, cur, window)
+  if prev == 0 then return cur / math.max(now - at, 0.01) end  -- a first window: since its start
+  local part = (now - at) / window
+  return (prev * (1 - part) + cur) / window
+end
+local s_at, s_prev, s_cur = meter(f[10], f[11], f[12], 1.0)
+local a_at, a_prev, a_cur = meter(f[13], f[14], f[15], 0.3)
+local function rate_at()
+  if not enabled then
+    if ceiling > 0 then return ceiling end
+    return nil
+  end
+  local x = now - cut_at - k
+  local grown = w_max * (1 + c * x * x * x)
+  if x < 0 and grown < cut_rate then grown = cut_rate end
+  if ceiling > 0 and grown > ceiling then grown = ceiling end
+  if x > -k / 2 then
+    local limit = math.max(cut_rate, cap * measured(a_at, a_prev, a_cur, 0.3))
+    if grown > limit then grown = limit end
+  end
+  return math.max(floor, grown)
+end
+local cut = -1
+for i = 2, #ARGV, 2 do
+  local rgen, kind = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  if kind == 1 then a_cur = a_cur + 1 end
+  if rgen == gen or first then
+    if kind == 1 then acc = acc + 1 else ref = ref + 1 end
+    if ref > 0 and (acc + ref >= min_answers or now - cut_at >= min_round) then
+      local sent = measured(s_at, s_prev, s_cur, 1.0)
+      local current = rate_at()
+      local reference = sent
+      if current ~= nil and (sent <= 0 or current < sent) then reference = current end
+      local share = acc / (acc + ref)
+      local keep = math.max(min_keep, math.min(beta, share))
+      local new = math.max(floor, reference * keep)
+      if ceiling > 0 and new > ceiling then new = ceiling end
+      w_max = math.max(reference, new)
+      cut_rate, cut_at, enabled, gen, acc, ref = new, now, true, gen + 1, 0, 0
+      first = gen == 1
+      if w_max > new then k = ((w_max - new) / (c * w_max)) ^ (1 / 3) else k = 0 end
+      if tat < now then tat = now end
+      cut = new
+    end
+  end
+end
+local wait = 0
+s_cur = s_cur + 1
+local rate = rate_at()
+if rate ~= nil then
+  local interval = 1 / rate
+  local start = math.max(tat, now)
+  tat = start + interval
+  wait = math.max(0, start - now - math.max(burst, interval))
+end
+redis.call('HSET', key, 'gen', gen, 'enabled', enabled and '1' or '0', 'cut_rate', cut_rate, 'w_max', w_max,
+  'k', k, 'cut_at', cut_at, 'tat', tat, 'acc', acc, 'ref', ref, 's_at', s_at, 's_prev', s_prev, 's_cur', s_cur,
+  'a_at', a_at, 'a_prev', a_prev, 'a_cur', a_cur, 'first', first and '1' or '0')
+redis.call('PEXPIRE', key, 3600000)
+return {gen, tostring(wait), tostring(rate or -1), tostring(cut)}
+"""
+
+
+class RedisRateLimiter:
+    """The send rate learned from MoneyKit's 429s, shared by every process using the same Redis and key.
+
+    Without it, each process of a fleet learns MoneyKit's limit on its own, and together they overshoot
+    and oscillate. With it, the fleet books its sends from one schedule at one learned rate: every
+    request makes one Redis round trip (a Lua script, which also carries the outcomes of earlier
+    requests), so use it where several processes share one MoneyKit client. Switch it on with
+    `RedisTokenStore(..., share_rate_limit=True)`. If Redis fails, each process falls back to its own
+    rate control and logs a warning.
+    """
+
+    MAX_PENDING = 2048  # outcomes kept for the next round trip; older ones are dropped
+
+    def __init__(self, redis: aioredis.Redis, *, prefix: str = "moneykit:rate") -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._script = redis.register_script(_RATE_SCRIPT)
+        self._pending: list[int] = []
+        self.rate: float | None = None  # the fleet's rate as last seen (None: not paced)
+        self.throttled = 0
+
+    def __repr__(self) -> str:
+        return f"RedisRateLimiter(prefix={self._prefix!r})"
+
+    async def reserve(self, namespace: str, ceiling: float | None) -> tuple[int, float]:
+        """Book a send slot in the fleet's schedule: (generation, seconds to wait). Raises on Redis errors."""
+        pending, self._pending = self._pending, []
+        try:
+            gen, wait, rate, _ = await self._script(keys=[f"{self._prefix}:{namespace}"], args=[ceiling or 0, *pending])
+        except BaseException:
+            self._pending = pending + self._pending  # not applied: send them with the next call
+            raise
+        fleet_rate = float(rate)
+        self.rate = fleet_rate if fleet_rate >= 0 else None
+        return int(gen), float(wait)
+
+    def report(self, generation: int, accepted: bool) -> None:
+        """Queue the outcome of a request booked in `generation` for the next round trip."""
+        if not accepted:
+            self.throttled += 1
+        pending = self._pending
+        pending += (generation, 1 if accepted else 2)
+        if len(pending) > 2 * self.MAX_PENDING:
+            del pending[: len(pending) - 2 * self.MAX_PENDING]

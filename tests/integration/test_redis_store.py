@@ -173,3 +173,50 @@ async def test_the_default_lock_wait_leaves_room_for_a_mint_within_the_default_d
     assert total is not None
     assert store.lock_wait < DEFAULT_STORE_TIMEOUT < total
     await store.aclose()
+
+
+async def test_a_fleet_shares_one_learned_rate_through_redis(fake: FakeMoneyKit, redis_url: str) -> None:
+    tokens = [fake.mint_token() for _ in range(240)]
+    fake.limit_rate(200, burst=10, retry_after=0.1)
+    stores = [RedisTokenStore(redis_url, share_rate_limit=True) for _ in range(2)]
+    sessions = [
+        MoneyKitSession(
+            base_url=fake.base_url, client_id=fake.client_id, client_secret=fake.client_secret, token_store=store
+        )
+        for store in stores
+    ]
+
+    async def check(mk: MoneyKitSession, part: list[str]) -> list[bool]:
+        return [r.ok async for r in mk.introspect_many(part, concurrency=16)]
+
+    results = await asyncio.gather(check(sessions[0], tokens[:120]), check(sessions[1], tokens[120:]))
+    assert results == [[True] * 120, [True] * 120]  # no token failed in either process
+    rates = [mk.send_rate for mk in sessions]
+    client = aioredis.Redis.from_url(redis_url)
+    (key,) = await client.keys("moneykit:token:rate:*")
+    assert key.decode() == f"moneykit:token:rate:{namespace(fake)}"
+    assert 0 < await client.pttl(key) <= 3_600_000  # the shared state expires on its own
+    fleet = {k.decode(): v.decode() for k, v in (await client.hgetall(key)).items()}
+    assert int(fleet["gen"]) >= 1 and fleet["enabled"] == "1"  # the fleet's rate was cut, in Redis
+    floor = float(fleet["cut_rate"])
+    # Both processes read the one curve (at slightly different moments), never a rate of their own.
+    assert all(rate is not None and floor <= rate <= 200 * 2 for rate in rates)
+    await client.aclose()
+    for mk in sessions:
+        await mk.close()
+    for store in stores:
+        await store.aclose()
+
+
+async def test_a_fleet_limiter_whose_redis_is_down_falls_back_to_local_pacing(
+    fake: FakeMoneyKit, unused_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    tokens = [fake.mint_token() for _ in range(60)]
+    fake.limit_rate(200, burst=10)
+    store = RedisTokenStore(f"redis://127.0.0.1:{unused_port}/0", share_rate_limit=True)
+    with caplog.at_level(logging.WARNING, logger="moneykit_async"):
+        async with MoneyKitSession(base_url=fake.base_url, token_store=store) as mk:
+            results = [r.ok async for r in mk.introspect_many(tokens, concurrency=8)]
+    assert results == [True] * 60
+    assert "the shared rate limiter failed" in caplog.text
+    await store.aclose()
