@@ -33,10 +33,12 @@ unit:
 	$(BIN)/coverage combine --quiet
 	$(BIN)/coverage report
 
-## bench: the side-by-side benchmark (raw aiohttp, this SDK, httpx, the official client); see benchmarks/
+## bench: the side-by-side benchmarks: throughput against a fair raw-aiohttp baseline, then rate-limited
+## batches (this SDK, an ideal paced client, the official client); see benchmarks/
 bench: $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/rate_limited.py $(RATE_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .coverage .mypy_cache .ruff_cache .pytest_cache dist build

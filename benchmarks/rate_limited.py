@@ -41,7 +41,10 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "500-ra": {"label": "500/s, Retry-After: 1", "limit": 500, "retry_after": 1.0},
     "500-none": {"label": "500/s, no Retry-After", "limit": 500, "retry_after": None},
     "halving": {"label": "2,000/s halving to 1,000/s midway, Retry-After: 1", "limit": 2000, "retry_after": 1.0},
+    "fleet": {"label": "2,000/s shared by 2 processes, Retry-After: 1", "limit": 2000, "retry_after": 1.0},
 }
+# In the fleet scenario the contenders are two processes each: sharing the rate through Redis, or not.
+FLEET_CONTENDERS = ["sdk-shared", "sdk-alone"]
 CONTENDERS = ["sdk", "ideal", "official"]
 
 
@@ -53,15 +56,22 @@ def tokens(n: int) -> Iterator[str]:
 # -- contenders (each in its own process) --------------------------------------------------------------
 
 
-async def sdk(url: str, n: int, **_: Any) -> dict[str, Any]:
+async def sdk(url: str, n: int, redis_url: str | None = None, offset: int = 0, **_: Any) -> dict[str, Any]:
     from moneykit_async import MoneyKitSession
 
+    store = None
+    if redis_url is not None:
+        from moneykit_async.contrib.redis import RedisTokenStore
+
+        store = RedisTokenStore(redis_url, share_rate_limit=True)
     failed: dict[str, int] = {}
-    async with MoneyKitSession(base_url=url) as mk:
-        async for result in mk.introspect_many(tokens(n), concurrency=CONCURRENCY):
+    async with MoneyKitSession(base_url=url, token_store=store) as mk:
+        async for result in mk.introspect_many((f"tok_{offset + i:09d}" for i in range(n)), concurrency=CONCURRENCY):
             if not result.ok:
                 name = type(result.error).__name__
                 failed[name] = failed.get(name, 0) + 1
+    if store is not None:
+        await store.aclose()
     return {"failed": sum(failed.values()), "failures": failed}
 
 
@@ -129,13 +139,16 @@ def official(url: str, n: int, **_: Any) -> dict[str, Any]:
     return {"failed": failed}
 
 
-def run_contender(name: str, url: str, n: int, limit: float, halve_after: float | None) -> dict[str, Any]:
+def run_contender(
+    name: str, url: str, n: int, limit: float, halve_after: float | None, redis_url: str | None, offset: int
+) -> dict[str, Any]:
     started = time.perf_counter()
     if name == "official":
         result = official(url, n)
+    elif name == "ideal":
+        result = asyncio.run(ideal(url, n, limit=limit, halve_after=halve_after))
     else:
-        runner = sdk if name == "sdk" else ideal
-        result = asyncio.run(runner(url, n, limit=limit, halve_after=halve_after))
+        result = asyncio.run(sdk(url, n, redis_url=redis_url, offset=offset))
     result["seconds"] = time.perf_counter() - started
     return result
 
@@ -182,13 +195,27 @@ def one_run(scenario: str, contender: str, seconds: float) -> dict[str, Any]:
             while not os.path.exists(port_file):
                 time.sleep(0.05)
             url = f"http://127.0.0.1:{Path(port_file).read_text()}"
-            args = ["--run", contender, "--url", url, "--tokens", str(n), "--limit", str(limit)]
-            if halve_after is not None:
-                args += ["--halve-after", str(halve_after)]
-            out = subprocess.run(
-                [sys.executable, __file__, *args], capture_output=True, text=True, check=True, timeout=900
-            )
-            result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+            processes = 2 if scenario == "fleet" else 1
+            commands = []
+            for part in range(processes):
+                share = n // processes
+                args = ["--run", contender, "--url", url, "--tokens", str(share), "--limit", str(limit)]
+                args += ["--offset", str(part * share)]
+                if halve_after is not None:
+                    args += ["--halve-after", str(halve_after)]
+                if contender == "sdk-shared":
+                    args += ["--redis", redis_url()]
+                commands.append([sys.executable, __file__, *args])
+            started = time.perf_counter()
+            children = [subprocess.Popen(c, stdout=subprocess.PIPE, text=True) for c in commands]
+            outputs = [child.communicate(timeout=900)[0] for child in children]
+            wall = time.perf_counter() - started
+            parts = [json.loads(o.strip().splitlines()[-1]) for o in outputs]
+            result: dict[str, Any] = {
+                "failed": sum(p["failed"] for p in parts),
+                # One process: its own time. A fleet: from the first start to the last finish.
+                "seconds": parts[0]["seconds"] if processes == 1 else wall,
+            }
         finally:
             server.terminate()
             server.wait()
@@ -205,6 +232,34 @@ def one_run(scenario: str, contender: str, seconds: float) -> dict[str, Any]:
         settle_s=settle_time(timeline, halve_after) if halve_after is not None else None,
     )
     return result
+
+
+_REDIS: list[Any] = []
+
+
+def redis_url() -> str:
+    """A throwaway redis-server on a free loopback port, started once (the fleet scenario needs one)."""
+    if not _REDIS:
+        import shutil
+        import socket
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SystemExit("the fleet scenario needs redis-server (apt-get install redis-server)")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        process = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+        time.sleep(0.3)
+        _REDIS.extend([process, f"redis://127.0.0.1:{port}/0"])
+    url: str = _REDIS[1]
+    import redis
+
+    redis.Redis.from_url(url).flushall()
+    return url
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -234,9 +289,12 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--limit", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--halve-after", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--redis", help=argparse.SUPPRESS)
+    parser.add_argument("--offset", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
-        print(json.dumps(run_contender(args.run, args.url, args.tokens, args.limit, args.halve_after)))
+        result = run_contender(args.run, args.url, args.tokens, args.limit, args.halve_after, args.redis, args.offset)
+        print(json.dumps(result))
         return
 
     scenarios = [s for s in args.scenarios.split(",") if s]
@@ -244,7 +302,8 @@ def main() -> None:
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for round_no in range(args.rounds):
         for scenario in scenarios:
-            order = contenders[round_no % len(contenders) :] + contenders[: round_no % len(contenders)]
+            names = FLEET_CONTENDERS if scenario == "fleet" else contenders
+            order = names[round_no % len(names) :] + names[: round_no % len(names)]
             for contender in order:
                 result = one_run(scenario, contender, args.seconds)
                 runs.setdefault((scenario, contender), []).append(result)
@@ -279,6 +338,8 @@ def main() -> None:
     text = table(rows)
     (out / "rate_limited.md").write_text(text + "\n")
     print(text)
+    if _REDIS:
+        _REDIS[0].terminate()
 
 
 if __name__ == "__main__":
