@@ -37,6 +37,8 @@ class RetryPolicy:
       time up to min(backoff_max, backoff_base * 2**n).
     - `max_retry_after`: the longest Retry-After obeyed (on 429 and 503); a longer ask fails that call at
       once, and the session pauses for `max_retry_after` at most, whatever MoneyKit asked.
+      429 retries do not count against `max_retries` or the budget: they are flow control, bounded by
+      the call's deadline (but `max_retries=0` switches them off too).
     - `budget`: retries a session may make before it must see successes again (each success earns
       back a tenth of a retry), so a hard outage does not multiply load by 1 + max_retries.
 
@@ -88,19 +90,15 @@ def retry_delay(
     return delay
 
 
-def session_pause(policy: RetryPolicy, error: MoneyKitError, delay: float | None) -> float | None:
-    """How long the whole session stops sending after `error`, or None for no pause.
+def session_pause(policy: RetryPolicy, error: MoneyKitError) -> float | None:
+    """How long the whole session stops sending after `error` (not a 429), or None for no pause.
 
-    A 429 or a 503 with Retry-After pauses every caller for that wait, capped at `max_retry_after`
-    so one absurd answer cannot lock the session out for an hour; a 429 without one pauses for the
-    backoff `delay` chosen for its retry.
+    A 5xx with Retry-After (an overloaded MoneyKit, or its load balancer) asks everyone to wait: the
+    session pauses for that wait, capped at `max_retry_after` so one absurd answer cannot lock it out
+    for an hour. 429s are flow control instead (see `_rate`).
     """
-    if not isinstance(error, APIError):
-        return None
-    if error.retry_after is not None:
-        return min(error.retry_after, policy.max_retry_after) or None
-    if isinstance(error, RateLimitError):
-        return delay or None
+    if isinstance(error, APIError) and not isinstance(error, RateLimitError) and error.retry_after:
+        return min(error.retry_after, policy.max_retry_after)
     return None
 
 

@@ -624,7 +624,7 @@ class MoneyKitSession:
                     if delay is not None and not self._budget.try_spend():
                         logger.debug("not retrying %s: the session's retry budget is spent", what)
                         delay = None
-                    pause = session_pause(self._retry, error, delay)
+                    pause = session_pause(self._retry, error)
                     if pause is not None:
                         self._pause(pause, loop.time())
                     if delay is None:
