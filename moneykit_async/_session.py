@@ -364,11 +364,15 @@ class MoneyKitSession:
         failures are retried per the session's `RetryPolicy`, all within one `Timeout.total`.
         """
         http = self._http()
-        deadline = self._deadline()
         if token is None:
+            deadline = self._deadline()
             return await self._bounded(deadline, "GET /auth/introspect", self._introspect_own(http, deadline))
         given = check_token(token)
-        if self._cache is None:
+        cache = self._cache
+        if cache is not None and (cached := cache.lookup(given)) is not None:
+            return cached  # a hit: no deadline, no task, no timer
+        deadline = self._deadline()
+        if cache is None:
             # The hot path: straight to _call, which enforces the deadline with one timer per attempt.
             headers = {**self._headers, "Authorization": "Bearer " + given}
             return await self._call(
@@ -379,11 +383,9 @@ class MoneyKitSession:
     async def _introspect_cached(
         self, http: aiohttp.ClientSession, token: str, deadline: float | None, *, flow: bool
     ) -> AccessTokenDetails:
+        """A cache miss: join or start the shared load (callers look the token up first)."""
         cache = self._cache
         assert cache is not None
-        cached = cache.lookup(token)  # a hit needs no task and no timer
-        if cached is not None:
-            return cached
         # The shared load runs in the cache's task with a deadline of its own; ours bounds the wait.
         load = cache.fetch(token, lambda: self._introspect_token(http, token, self._deadline(), flow), owner=self)
         return await self._bounded(deadline, "GET /auth/introspect", load)
@@ -422,9 +424,12 @@ class MoneyKitSession:
             await self._until_unpaused()  # the token's deadline starts once it may be sent
         http = self._http()
         given = check_token(token)
+        cache = self._cache
+        if cache is not None and (cached := cache.lookup(given)) is not None:
+            return cached
         deadline = self._deadline()
         try:
-            if self._cache is not None:
+            if cache is not None:
                 return await self._introspect_cached(http, given, deadline, flow=True)
             headers = {**self._headers, "Authorization": "Bearer " + given}
             return await self._call(
