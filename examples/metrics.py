@@ -1,5 +1,6 @@
-"""Turn the SDK's events into metrics: request counts by status, a latency histogram, retries and
-rate-limit pauses, printed in Prometheus' text format (use your metrics library in real code).
+"""Turn the SDK's events into metrics: request counts by status, a latency histogram, retries, the
+learned send rate and 429s, and session-wide pauses, printed in Prometheus' text format (use your
+metrics library in real code).
 
     python examples/metrics.py       # runs a short workload against the sandbox, with a few faults
 """
@@ -13,6 +14,7 @@ from collections import Counter
 from moneykit_async import (
     Event,
     MoneyKitSession,
+    RateChanged,
     RateLimitPaused,
     RequestFinished,
     RetryPolicy,
@@ -33,6 +35,8 @@ class Metrics:
         self.latency_sum = 0.0
         self.retries: Counter[str] = Counter()
         self.paused_seconds = 0.0
+        self.send_rate: float | None = None
+        self.throttled = 0
         self.token_refreshes = 0
 
     def on_event(self, event: Event) -> None:
@@ -44,6 +48,8 @@ class Metrics:
             self.retries[event.reason] += 1
         elif isinstance(event, RateLimitPaused):
             self.paused_seconds += event.delay
+        elif isinstance(event, RateChanged):
+            self.send_rate, self.throttled = event.rate, event.throttled
         elif isinstance(event, TokenRefreshed):
             self.token_refreshes += 1
 
@@ -61,6 +67,9 @@ class Metrics:
         for reason, n in sorted(self.retries.items()):
             lines.append(f'moneykit_retries_total{{reason="{reason}"}} {n}')
         lines.append(f"moneykit_rate_limit_paused_seconds_total {self.paused_seconds:g}")
+        lines.append(f"moneykit_throttled_total {self.throttled}")
+        if self.send_rate is not None:
+            lines.append(f"moneykit_send_rate {self.send_rate:.1f}")
         lines.append(f"moneykit_token_refreshes_total {self.token_refreshes}")
         return "\n".join(lines)
 
@@ -68,7 +77,11 @@ class Metrics:
 async def main() -> None:
     metrics = Metrics()
     async with FakeMoneyKit() as fake:
-        fake.inject("/auth/introspect", Fault(status=503), Fault(status=429, headers={"Retry-After": "0.1"}))
+        fake.inject(
+            "/auth/introspect",
+            Fault(status=503, headers={"Retry-After": "0.1"}),  # overloaded: the session pauses
+            Fault(status=429, headers={"Retry-After": "0.1"}),  # throttled: the send rate is cut
+        )
         async with MoneyKitSession(
             base_url=fake.base_url,
             client_id=fake.client_id,

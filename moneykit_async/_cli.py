@@ -26,10 +26,9 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from itertools import islice
-from typing import Any, TextIO, TypeVar
+from typing import Any, TextIO
 
-from ._batch import ClientDisabledError, IntrospectionResult
-from ._converters import make_converter
+from ._batch import ClientDisabledError
 from ._errors import (
     APIError,
     AuthenticationError,
@@ -41,7 +40,8 @@ from ._errors import (
     TransportError,
     UsageError,
 )
-from ._models import AccessTokenDetails, fingerprint
+from ._models import fingerprint
+from ._records import closest, details_json, json_line, outcome_of, result_json
 from ._session import MoneyKitSession
 from ._version import __version__
 
@@ -78,25 +78,6 @@ MAX_LINE_BYTES = 64 * 1024  # longer lines are cut (and reported as invalid_toke
 LINES_PER_BLOCK = 1000  # lines taken at a time from an in-memory text source
 BOM = "\ufeff"
 
-_converter = make_converter()
-_V = TypeVar("_V")
-
-
-_OUTCOME_KINDS: dict[type[BaseException], str] = {
-    ClientDisabledError: "client_disabled",
-    UsageError: "invalid_token_format",
-    ResponseValidationError: "unexpected_response",
-    TransportError: "transport_error",
-}
-
-
-def _closest(table: dict[type[BaseException], _V], error: BaseException) -> _V | None:
-    """The entry of `table` for the nearest class of `error` (subclasses inherit their base's entry)."""
-    for cls in type(error).__mro__:
-        if cls in table:
-            return table[cls]
-    return None
-
 
 def exit_code_for(error: BaseException) -> int:
     """The `introspect` exit status for `error`: its closest class in EXIT_CODES, except that a
@@ -115,41 +96,8 @@ def exit_code_for(error: BaseException) -> int:
         if isinstance(cause, RateLimitError | TransportError | ResponseValidationError | UsageError):
             return exit_code_for(cause)
         return EXIT_CREDENTIALS
-    code = _closest(EXIT_CODES, error)
+    code = closest(EXIT_CODES, error)
     return EXIT_API if code is None else code
-
-
-def details_json(details: AccessTokenDetails) -> dict[str, Any]:
-    """AccessTokenDetails as JSON-ready data (dates in ISO 8601, scopes sorted)."""
-    data: dict[str, Any] = _converter.unstructure(details)
-    return data
-
-
-def outcome_of(error: MoneyKitError | None) -> str:
-    """A short name for a result's outcome, used in summaries: `valid`, an API error code, or a kind."""
-    if error is None:
-        return "valid"
-    if isinstance(error, APIError) and error.error_code:
-        return error.error_code.rsplit(".", 1)[-1]
-    kind = _closest(_OUTCOME_KINDS, error)
-    if kind is not None:
-        return kind
-    return f"http_{error.status}" if isinstance(error, APIError) else type(error).__name__
-
-
-def result_json(line: int, result: IntrospectionResult) -> dict[str, Any]:
-    """One JSON Lines record of `check` (never the token itself)."""
-    details = result.details
-    error = result.error
-    return {
-        "line": line,
-        "fingerprint": result.fingerprint,
-        "ok": result.ok,
-        "client_id": details.client_id if details else None,
-        "app": _converter.unstructure(details.app) if details else None,
-        "scope": details.scope if details else None,
-        "error_code": (error.error_code if isinstance(error, APIError) else outcome_of(error)) if error else None,
-    }
 
 
 # -- reading tokens --------------------------------------------------------------------------------
@@ -293,30 +241,33 @@ class Progress:
 
                 self._bar = tqdm(file=stream, unit=" tokens", dynamic_ncols=True, leave=False)
 
-    def update(self, checked: int, fraction: float | None) -> None:
+    def update(self, checked: int, fraction: float | None, send_rate: float | None = None, throttled: int = 0) -> None:
+        """Redraw (at most 5 times a second): tokens checked, rate, ETA, and MoneyKit's throttling."""
         if not self._enabled:
-            return
-        if self._bar is not None:
-            self._bar.n = checked
-            if fraction:
-                self._bar.total = max(checked, int(checked / fraction))
-            self._bar.refresh()
             return
         now = time.monotonic()
         if now - self._last < 0.2:
             return
         self._last = now
+        limits = f", paced at {send_rate:,.0f}/s after {throttled:,} 429s" if send_rate is not None else ""
+        if self._bar is not None:
+            self._bar.n = checked
+            if fraction:
+                self._bar.total = max(checked, int(checked / fraction))
+            self._bar.set_postfix_str(limits.lstrip(", "), refresh=False)
+            self._bar.refresh()
+            return
         elapsed = now - self._started
         rate = checked / elapsed if elapsed > 0 else 0.0
         eta = f", ETA {elapsed * (1 - fraction) / fraction:.0f} s" if fraction else ""
-        self._stream.write(f"\rchecked {checked:,} tokens, {rate:,.0f}/s{eta}   ")
+        self._stream.write(f"\rchecked {checked:,} tokens, {rate:,.0f}/s{eta}{limits}   ")
         self._stream.flush()
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
         elif self._enabled:
-            self._stream.write("\r" + " " * 60 + "\r")
+            self._stream.write("\r" + " " * 100 + "\r")
             self._stream.flush()
 
 
@@ -441,8 +392,8 @@ async def run_check(
         async for result in mk.introspect_many(tokens, concurrency=concurrency):
             checked += 1
             outcomes[outcome_of(result.error)] += 1
-            out.write(json.dumps(result_json(line_numbers.popleft(), result)) + "\n")
-            progress.update(checked, fraction)
+            out.write(json_line(result_json(line_numbers.popleft(), result)))
+            progress.update(checked, fraction, mk.send_rate, mk.throttled)
     finally:
         progress.close()
     return outcomes

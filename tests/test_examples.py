@@ -200,4 +200,6 @@ def test_metrics_example_turns_events_into_metrics() -> None:
     assert 'moneykit_requests_total{path="/auth/token",status="201"} 1' in lines
     assert any(line.startswith('moneykit_retries_total{reason="HTTP 503') for line in lines)
     assert "moneykit_rate_limit_paused_seconds_total 0.1" in lines
+    assert "moneykit_throttled_total 1" in lines
+    assert any(line.startswith("moneykit_send_rate ") for line in lines)
     assert "moneykit_token_refreshes_total 1" in lines

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import socket
@@ -44,8 +43,8 @@ from arq.jobs import Job, deserialize_result
 from arq.worker import func
 from redis.exceptions import RedisError
 
-from .._cli import outcome_of, result_json
 from .._errors import ConfigurationError, MoneyKitError, UsageError
+from .._records import json_line, outcome_of, result_json
 from .._session import MoneyKitSession
 
 __all__ = [
@@ -69,6 +68,7 @@ logger = logging.getLogger("moneykit_async")
 
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
 ENV_REDIS_URL = "MONEYKIT_ARQ_REDIS_URL"
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 ENV_CONCURRENCY = "MONEYKIT_ARQ_CONCURRENCY"
 ENV_LEASE = "MONEYKIT_ARQ_LEASE_SECONDS"
 DEFAULT_LEASE = 30.0  # a dead worker's chunk is taken over by another worker within this time
@@ -223,7 +223,7 @@ async def check_chunk(
                         (token for _, token in numbered), concurrency=ctx["moneykit_concurrency"]
                     ):
                         outcomes[outcome_of(result.error)] += 1
-                        sink.write(json.dumps(result_json(numbered[result.index][0], result)) + "\n")
+                        sink.write(json_line(result_json(numbered[result.index][0], result)))
         except TimeoutError:
             if timer.expired():
                 raise ChunkTimeoutError(
@@ -247,8 +247,16 @@ async def check_chunk(
 
 
 async def startup(ctx: dict[str, Any]) -> None:
-    """arq on_startup: one session (from MONEYKIT_* variables) for every job of this worker."""
-    ctx["moneykit"] = MoneyKitSession()
+    """arq on_startup: one session (from MONEYKIT_* variables) for every job of this worker.
+
+    The workers share the queue's Redis for their token (one mint for the fleet) and for the send rate
+    learned from 429s, so together they keep the MoneyKit client's limit instead of each learning it.
+    """
+    from .redis import RedisTokenStore
+
+    store = RedisTokenStore(os.environ.get(ENV_REDIS_URL, DEFAULT_REDIS_URL), share_rate_limit=True)
+    ctx["moneykit_store"] = store
+    ctx["moneykit"] = MoneyKitSession(token_store=store)
     ctx["moneykit_concurrency"] = int(os.environ.get(ENV_CONCURRENCY, "64"))
     ctx["moneykit_lease"] = _lease_seconds()
     ctx["moneykit_worker"] = f"{socket.gethostname()}:{os.getpid()}"
@@ -259,10 +267,13 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     session: MoneyKitSession | None = ctx.get("moneykit")
     if session is not None:
         await session.close()
+    store = ctx.get("moneykit_store")
+    if store is not None:
+        await store.aclose()
 
 
 def _redis_settings() -> RedisSettings:
-    return RedisSettings.from_dsn(os.environ.get(ENV_REDIS_URL, "redis://localhost:6379/0"))
+    return RedisSettings.from_dsn(os.environ.get(ENV_REDIS_URL, DEFAULT_REDIS_URL))
 
 
 class WorkerSettings:

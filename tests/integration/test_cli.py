@@ -5,17 +5,45 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import signal
 import sys
+import threading
 from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from moneykit_async import MoneyKitSession
-from moneykit_async._cli import LINES_PER_READ, Progress, read_tokens, run_check
-from moneykit_async.testing import FakeMoneyKit
+from moneykit_async import (
+    APIError,
+    AuthenticationError,
+    ClientDisabledError,
+    ExpiredAccessTokenError,
+    InvalidInputError,
+    MissingCredentialsError,
+    MoneyKitError,
+    MoneyKitSession,
+    PermissionDeniedError,
+    RateLimitError,
+    RequestTimeoutError,
+    ResponseValidationError,
+    ServerError,
+    TokenRefreshError,
+    TransportError,
+)
+from moneykit_async._cli import (
+    LINES_PER_BLOCK,
+    PENDING_BLOCKS,
+    READ_BYTES,
+    ChunkProgress,
+    Progress,
+    exit_code_for,
+    read_tokens,
+    run_check,
+)
+from moneykit_async._models import fingerprint
+from moneykit_async.testing import FakeMoneyKit, Fault
 
 from ..helpers import clean_env
 
@@ -28,8 +56,9 @@ async def run_cli(
     stdin: bytes | None = None,
     creds: bool = True,
     secret: str | None = None,
+    env_extra: dict[str, str] | None = None,
 ) -> tuple[int, str, str]:
-    env = clean_env()
+    env = clean_env(**(env_extra or {}))
     if fake is not None:
         env["MONEYKIT_BASE_URL"] = fake.base_url
         if creds:
@@ -48,24 +77,52 @@ async def run_cli(
     return process.returncode, out.decode(), err.decode()
 
 
-async def test_introspect_prints_the_details_as_json(fake: FakeMoneyKit) -> None:
+async def test_introspect_reads_the_token_from_stdin(fake: FakeMoneyKit) -> None:
     token = fake.mint_token()
-    code, out, err = await run_cli("introspect", token, fake=fake)
+    stdin = ("\ufeff\n  \n  " + token + "  \nignored\n").encode()  # BOM, blank lines, spaces: all dropped
+    code, out, err = await run_cli("introspect", "-", fake=fake, stdin=stdin)
     assert code == 0, err
     data = json.loads(out)
     assert data["client_id"] == fake.client_id
     assert data["app"] == {"app_id": fake.demo_client.app_id, "name": fake.demo_client.app_name}
     assert data["scopes"] == sorted(fake.demo_client.scope.split())
     assert data["disabled_at"] is None
+    assert data["fingerprint"] == fingerprint(token)
+    assert token not in out + err
+
+
+async def test_introspect_with_empty_stdin_is_a_usage_error(fake: FakeMoneyKit) -> None:
+    code, out, err = await run_cli("introspect", "-", fake=fake, stdin=b"\n  \n")
+    assert code == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1 and "standard input" in err
+    assert fake.count("/auth/introspect") == 0
+
+
+async def test_introspect_still_takes_a_token_argument(fake: FakeMoneyKit) -> None:
+    token = fake.mint_token()
+    code, out, err = await run_cli("introspect", token, fake=fake)
+    assert code == 0, err
+    assert json.loads(out)["fingerprint"] == fingerprint(token)
     assert token not in out + err
 
 
 async def test_introspect_prints_disabled_at_in_iso_8601(fake: FakeMoneyKit) -> None:
     token = fake.mint_token()
-    fake.disable_client(at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
-    code, out, err = await run_cli("introspect", token, fake=fake)
+    fake.disable_client(at=datetime(2999, 1, 2, 3, 4, 5, tzinfo=UTC))  # announced, not yet in effect
+    code, out, err = await run_cli("introspect", "-", fake=fake, stdin=token.encode())
     assert code == 0, err
-    assert json.loads(out)["disabled_at"] == "2026-01-02T03:04:05+00:00"
+    assert json.loads(out)["disabled_at"] == "2999-01-02T03:04:05+00:00"
+
+
+async def test_introspect_of_a_disabled_client_prints_details_and_exits_1(fake: FakeMoneyKit) -> None:
+    token = fake.mint_token()
+    fake.disable_client(at=datetime(2020, 1, 2, 3, 4, 5, tzinfo=UTC))
+    code, out, err = await run_cli("introspect", "-", fake=fake, stdin=token.encode())
+    assert code == 1
+    assert json.loads(out)["disabled_at"] == "2020-01-02T03:04:05+00:00"
+    assert len(err.strip().splitlines()) == 1 and "ClientDisabledError" in err
+    assert token not in out + err
 
 
 async def test_introspect_without_a_token_shows_the_clients_own(fake: FakeMoneyKit) -> None:
@@ -111,6 +168,81 @@ async def test_introspect_errors_are_one_line_with_a_distinct_status(
     assert token not in err
 
 
+@pytest.mark.parametrize(
+    ("case", "expected_code", "fragment"),
+    [
+        ("rate-limited", 4, "HTTP 429"),
+        ("server-error", 5, "HTTP 503"),
+        ("not-found", 5, "HTTP 404"),
+        ("unexpected-answer", 7, "TokenRefreshError"),
+    ],
+)
+async def test_introspect_exits_by_why_the_clients_own_token_was_refused(
+    fake: FakeMoneyKit, case: str, expected_code: int, fragment: str
+) -> None:
+    fault = {
+        "rate-limited": Fault(status=429, headers={"Retry-After": "100"}),  # longer than a call may wait
+        "server-error": Fault(status=503),
+        "not-found": Fault(status=404),
+        "unexpected-answer": Fault(status=200, json={"unexpected": True}),
+    }[case]
+    fake.inject("/auth/token", *[fault] * 100)  # more than any retries
+    code, out, err = await run_cli("introspect", fake=fake)
+    assert code == expected_code, err
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert "TokenRefreshError" in err and fragment in err
+    assert fake.client_secret not in err
+
+
+async def test_introspect_own_token_over_an_unreachable_network_is_a_transport_status(
+    fake: FakeMoneyKit, unused_port: int
+) -> None:
+    code, _, err = await run_cli("introspect", "--base-url", f"http://127.0.0.1:{unused_port}", fake=fake)
+    assert code == 6, err
+    assert "TokenRefreshError" in err and len(err.strip().splitlines()) == 1
+
+
+def _refresh_error(cause: BaseException | None) -> TokenRefreshError:
+    error = TokenRefreshError("could not obtain the session's access token")
+    error.__cause__ = cause
+    return error
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (AuthenticationError(status=401), 1),
+        (ExpiredAccessTokenError(status=401), 1),
+        (PermissionDeniedError(status=403), 1),
+        (ClientDisabledError(datetime(2020, 1, 1, tzinfo=UTC)), 1),
+        (InvalidInputError("bad"), 2),
+        (MissingCredentialsError("none"), 2),
+        (RateLimitError(status=429), 4),
+        (ServerError(status=503), 5),
+        (APIError(status=409), 5),
+        (TransportError("refused"), 6),
+        (RequestTimeoutError("too slow"), 6),
+        (ResponseValidationError("no client_id"), 7),
+        (MoneyKitError("something else"), 5),
+        (_refresh_error(AuthenticationError(status=401)), 3),
+        (_refresh_error(PermissionDeniedError(status=403)), 3),
+        (_refresh_error(APIError(status=400, error_code="invalid_client")), 3),
+        (_refresh_error(None), 3),
+        (_refresh_error(RateLimitError(status=429)), 4),
+        (_refresh_error(ServerError(status=502)), 5),
+        (_refresh_error(APIError(status=404)), 5),
+        (_refresh_error(TransportError("refused")), 6),
+        (_refresh_error(RequestTimeoutError("too slow")), 6),
+        (_refresh_error(ResponseValidationError("no access_token")), 7),
+        (_refresh_error(_refresh_error(TransportError("refused"))), 6),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else str(value),
+)
+def test_exit_code_for_maps_each_error_as_the_readme_says(error: BaseException, expected: int) -> None:
+    assert exit_code_for(error) == expected
+
+
 async def test_unreachable_base_url_is_a_transport_status(unused_port: int) -> None:
     code, _, err = await run_cli("introspect", "tok", "--base-url", f"http://127.0.0.1:{unused_port}")
     assert code == 6
@@ -151,8 +283,10 @@ async def test_check_reads_stdin_and_exits_0_when_all_are_valid(fake: FakeMoneyK
 async def test_check_usage_errors_exit_2(fake: FakeMoneyKit, tmp_path: Path) -> None:
     code, _, err = await run_cli("check", str(tmp_path / "missing.txt"), fake=fake)
     assert code == 2 and "cannot read" in err
+    code, _, err = await run_cli("check", str(tmp_path), fake=fake)
+    assert code == 2 and "directory" in err and len(err.strip().splitlines()) == 1
     code, _, err = await run_cli("check", "--concurrency", "0", fake=fake)
-    assert code == 2
+    assert code == 2 and "--concurrency must be at least 1" in err and len(err.strip().splitlines()) == 1
     code, _, err = await run_cli("frobnicate")
     assert code == 2
 
@@ -163,7 +297,7 @@ async def test_sandbox_serves_until_terminated(no_leaked_tasks: None) -> None:
         SCRIPT, "sandbox", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
     )
     assert process.stdout is not None
-    settings = {}
+    settings: dict[str, str] = {}
     while len(settings) < 3:
         line = (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode()
         assert line, "sandbox exited early"
@@ -182,8 +316,8 @@ async def test_sandbox_serves_until_terminated(no_leaked_tasks: None) -> None:
     assert "sandbox stopped" in out.decode()
 
 
-async def test_tokens_are_read_lazily_from_a_huge_stream() -> None:
-    class Endless(io.TextIOBase):
+async def test_tokens_are_read_lazily_from_a_huge_text_stream() -> None:
+    class Endless:
         """Ten million lines, produced on demand; counts what was read."""
 
         def __init__(self) -> None:
@@ -200,11 +334,42 @@ async def test_tokens_are_read_lazily_from_a_huge_stream() -> None:
 
     stream = Endless()
     numbers: deque[int] = deque()
-    tokens = read_tokens(stream, numbers, lambda _: None)  # type: ignore[arg-type]
+    tokens = read_tokens(stream, numbers, lambda _: None)
     first = [await anext(tokens) for _ in range(5)]
     await tokens.aclose()
     assert first == [f"token-{i}" for i in range(1, 6)]
-    assert stream.read_lines <= LINES_PER_READ
+    assert stream.read_lines <= LINES_PER_BLOCK
+
+
+async def test_a_descriptor_is_read_ahead_a_bounded_amount_then_released() -> None:
+    """An endless pipe: the reader thread reads a few blocks ahead, no more, and lets go when closed."""
+    read_end, write_end = os.pipe()
+    written = 0
+    line = b"mk_sandbox_" + b"x" * 32 + b"\n"
+
+    def writer() -> None:
+        nonlocal written
+        chunk = line * 1000
+        try:
+            while True:
+                written += os.write(write_end, chunk)
+        except OSError:  # the reader closed its end: EPIPE
+            pass
+        finally:
+            os.close(write_end)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    numbers: deque[int] = deque()
+    tokens = read_tokens(read_end, numbers, lambda _: None, close=True)
+    first = [await anext(tokens) for _ in range(5)]
+    assert first == [line.strip().decode()] * 5 and list(numbers) == [1, 2, 3, 4, 5]
+    for _ in range(20):  # give the reader time to run as far ahead as it would
+        await asyncio.sleep(0.05)
+    assert written <= (PENDING_BLOCKS + 4) * READ_BYTES + len(line) * 1000
+    await tokens.aclose()
+    await asyncio.to_thread(thread.join, 30)  # the reader closed the pipe, so the writer stopped
+    assert not thread.is_alive()
 
 
 def test_progress_is_silent_off_a_terminal_and_plain_on_one() -> None:
@@ -217,10 +382,32 @@ def test_progress_is_silent_off_a_terminal_and_plain_on_one() -> None:
     assert quiet.getvalue() == ""
     tty = Terminal()
     progress = Progress(tty)
-    progress._last = -1.0
     progress.update(500, 0.5)
     progress.close()
     assert "checked 500 tokens" in tty.getvalue() and "ETA" in tty.getvalue()
+    assert "429" not in tty.getvalue()  # nothing about throttling while MoneyKit has not throttled
+    throttled = Terminal()
+    progress = Progress(throttled)
+    progress.update(800, None, 1875.4, 37)
+    progress.close()
+    assert "paced at 1,875/s after 37 429s" in throttled.getvalue()
+
+
+def test_arq_progress_is_silent_off_a_terminal_and_counts_chunks_on_one() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    quiet = io.StringIO()
+    ChunkProgress(quiet).chunks(1, 4)
+    assert quiet.getvalue() == ""
+    tty = Terminal()
+    progress = ChunkProgress(tty)
+    progress.chunks(3, 40)
+    progress._last = -1.0
+    progress.merged(1500)
+    progress.close()
+    assert "chunks 3/40 done, 1,500 tokens merged" in tty.getvalue() and "/s" in tty.getvalue()
 
 
 async def test_check_on_a_terminal_shows_rate_and_eta_from_the_file_size(fake: FakeMoneyKit, tmp_path: Path) -> None:
@@ -231,9 +418,11 @@ async def test_check_on_a_terminal_shows_rate_and_eta_from_the_file_size(fake: F
     path = tmp_path / "tokens.txt"
     path.write_text("".join(fake.mint_token() + "\n" for _ in range(20)))
     terminal, records = Terminal(), io.StringIO()
-    with path.open(encoding="utf-8") as stream:
-        async with MoneyKitSession(base_url=fake.base_url) as mk:
-            outcomes = await run_check(mk, stream, records, terminal, concurrency=4, total_bytes=path.stat().st_size)
+    fd = os.open(path, os.O_RDONLY)
+    async with MoneyKitSession(base_url=fake.base_url) as mk:
+        outcomes = await run_check(
+            mk, fd, records, terminal, concurrency=4, total_bytes=path.stat().st_size, close=True
+        )
     assert outcomes == {"valid": 20}
     assert "checked 1 tokens" in terminal.getvalue() and "ETA" in terminal.getvalue()
     assert len(records.getvalue().splitlines()) == 20
