@@ -377,3 +377,28 @@ async def test_a_refresh_with_wrong_credentials_names_them(fake: FakeMoneyKit) -
     async with MoneyKitSession(base_url=fake.base_url, client_id=fake.client_id, client_secret="wrong") as mk:
         with pytest.raises(TokenRefreshError, match="check client_id, client_secret"):
             await mk.introspect()
+
+
+async def test_a_store_call_never_outlives_the_refresh_that_made_it(fake: FakeMoneyKit) -> None:
+    store = HangingStore("get")
+    cancelled = asyncio.Event()
+    entered = asyncio.Event()
+    original = store.get
+
+    async def get(namespace: str) -> AccessToken | None:
+        entered.set()
+        try:
+            return await original(namespace)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    store.get = get  # type: ignore[method-assign]
+    mk = session_for(fake, token_store=store, store_timeout=30.0)
+    call = asyncio.create_task(mk.introspect())
+    await asyncio.wait_for(entered.wait(), 5)
+    await mk.close()  # the refresh is cancelled, and with it the store call it was waiting on
+    with pytest.raises(SessionClosedError):
+        await call
+    assert cancelled.is_set()
+    assert fake.count(TOKEN) == 0
