@@ -191,5 +191,5 @@ class TokenManager:
         hooks = list(self._hooks)
         for task in hooks:
             task.cancel()
-        if hooks:
-            await asyncio.wait(hooks)
+        if hooks:  # bounded: a hook that swallows its cancellation must not hold close() forever
+            await asyncio.wait(hooks, timeout=1.0)

@@ -34,6 +34,9 @@ BETA: Final = 0.95
 # CUBIC's growth constant, per second cubed, as a share of the rate that was throttled: a 5 % cut is
 # regained in ~0.55 s, and the rate doubles ~1.5 s after that if MoneyKit keeps accepting it.
 CUBIC_C: Final = 0.3
+# After this long without a cut, a session that was not given a ceiling paces no more: MoneyKit has not
+# throttled it lately, and a rate learned from old traffic must not hold back a new burst.
+QUIET_RESET: Final = 30.0
 # The rate never climbs above this multiple of the rate MoneyKit accepted over the last second.
 GROWTH_CAP: Final = 2.0
 # The accepted rate the cap follows is measured over this many seconds: short, so a raised limit is
@@ -61,8 +64,8 @@ class SharedRate(Protocol):
 
     rate: float | None
 
-    async def reserve(self, namespace: str, ceiling: float | None) -> tuple[int, float]:
-        """Book a send slot: (generation, seconds to wait)."""
+    async def reserve(self, namespace: str, ceiling: float | None, horizon: float) -> tuple[int, float]:
+        """Book a send slot: (generation, seconds to wait); a slot past `horizon` is not booked."""
         ...
 
     def report(self, generation: int, accepted: bool) -> None:
@@ -152,33 +155,35 @@ class RateController:
             grown = min(grown, max(self._cut_rate, GROWTH_CAP * self._accepted_meter.rate(now)))
         return max(self.floor, grown)
 
-    def reserve(self, now: float) -> float:
-        """Book the next send slot; returns how long to wait before sending (0 when it may go now)."""
-        self._meter.record(now)
+    def reserve(self, now: float, horizon: float = math.inf) -> float:
+        """Book the next send slot; returns how long to wait before sending (0 when it may go now).
+
+        A slot more than `horizon` seconds away (past the caller's deadline) is not booked: the wait is
+        returned, and the caller, which will not send, leaves the schedule as it was.
+        """
         if not self.enabled:
+            self._meter.record(now)
+            return 0.0
+        if now - self._cut_at > QUIET_RESET and self.ceiling is None:
+            self.enabled = False  # no 429 for a long while: step out of the way again
+            self._meter.record(now)
             return 0.0
         rate = self.rate(now)
         assert rate is not None
         interval = 1.0 / rate
         tat = self._tat if self._tat > now else now
-        self._tat = tat + interval
         wait = tat - now - max(BURST_SECONDS, interval)
-        return wait if wait > 0 else 0.0
-
-    def wait_time(self, now: float) -> float:
-        """How long until a send could go without waiting (nothing is booked)."""
-        if not self.enabled:
-            return 0.0
-        rate = self.rate(now)
-        assert rate is not None
-        wait = self._tat - now - max(BURST_SECONDS, 1.0 / rate)
+        if wait > horizon:
+            return wait
+        self._tat = tat + interval
+        self._meter.record(now)
         return wait if wait > 0 else 0.0
 
     # -- what the answers teach ------------------------------------------------------------------------
 
     @property
     def generation(self) -> int:
-        """Bumped by every cut: a request remembers it when it books its slot (see `reserve`)."""
+        """Bumped by every cut (it counts them): a request remembers it when it books its slot."""
         return self.cuts
 
     def accepted(self, generation: int, now: float) -> float | None:
@@ -207,6 +212,8 @@ class RateController:
         measured = self._meter.rate(now)
         current = self.rate(now)
         reference = measured if current is None else min(current, measured) if measured > 0 else current
+        if reference <= 0:
+            return None  # nothing sent lately (a slow 429): no rate to cut; its Retry-After still holds
         # Keep the share MoneyKit accepted, at most BETA, and at least MIN_KEEP per round.
         share = self._accepted / answered
         keep = max(MIN_KEEP, min(BETA, share))

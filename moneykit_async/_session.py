@@ -248,6 +248,8 @@ class MoneyKitSession:
         self._client: aiohttp.ClientSession | None = session
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._closing: asyncio.Future[None] | None = None  # done once close() has started
+        self._shutdown: asyncio.Future[None] | None = None
         # Headers every request carries. On the SDK's own session they become its default headers
         # (see _http), so each request passes only its Authorization: aiohttp merges per-request
         # headers one by one in Python, defaults in one C-level copy.
@@ -287,16 +289,25 @@ class MoneyKitSession:
 
         Calls in flight or waiting end with SessionClosedError. Safe to call twice.
         """
-        if self._closed:
-            return
-        self._closed = True
-        for batch in list(self._batches):
-            await batch.abort(SessionClosedError("the MoneyKitSession was closed while this batch was running"))
-        await self._tokens.aclose()
-        if self._cache is not None:
-            await self._cache.cancel_loads(self)
-        if self._client is not None and self._borrowed is None:
-            await self._client.close()
+        if self._shutdown is None:
+            self._closed = True
+            if self._closing is not None and not self._closing.done():
+                self._closing.set_result(None)  # wakes every call sleeping out a wait (see _sleep)
+            self._shutdown = asyncio.ensure_future(self._close())
+        # Shielded: a close() that is itself cancelled (a shutdown timeout) still finishes the job, and a
+        # second close() waits for the same one instead of returning with the pool still open.
+        await asyncio.shield(self._shutdown)
+
+    async def _close(self) -> None:
+        try:
+            for batch in list(self._batches):
+                await batch.abort(SessionClosedError("the MoneyKitSession was closed while this batch was running"))
+            await self._tokens.aclose()
+            if self._cache is not None:
+                await self._cache.cancel_loads(self)
+        finally:
+            if self._client is not None and self._borrowed is None:
+                await self._client.close()
 
     @property
     def closed(self) -> bool:
@@ -443,8 +454,8 @@ class MoneyKitSession:
 
     async def _until_unpaused(self) -> None:
         # A loop, not an Event: a new 429 may push the pause further while we sleep.
-        while (wait := self._paused_until - self._clock()) > 0:  # noqa: ASYNC110
-            await asyncio.sleep(wait)
+        while (wait := self._paused_until - self._clock()) > 0:
+            await self._sleep(wait)
 
     async def get_access_token(self) -> AccessToken:
         """The session's own access token, minted or refreshed as needed (for use with other APIs)."""
@@ -548,15 +559,19 @@ class MoneyKitSession:
             if self._paused_until > loop.time():
                 await self._wait_out_pause(loop, deadline)
             generation = rate.generation
-            wait = rate.reserve(loop.time())  # 0 until the first throttle: nothing is paced
-            if shared is not None:
-                fleet = await self._reserve_shared(shared)
-                if fleet is not None:
-                    fleet_generation, wait = fleet
+            horizon = math.inf if deadline is None else deadline - loop.time()
+            fleet = None if shared is None else await self._reserve_shared(shared, horizon, deadline)
+            if fleet is not None:
+                fleet_generation, wait = fleet
+            else:  # this process's own schedule (0 until the first throttle: nothing is paced)
+                fleet_generation = None
+                wait = rate.reserve(loop.time(), horizon)
             if wait:
-                if deadline is not None and loop.time() + wait >= deadline:
+                if wait >= horizon:  # not booked: the slot would come after the deadline
+                    if flow:
+                        raise Requeue(wait)  # a batch sends the token when its slot comes, not before
                     raise _paced_out(wait)
-                await asyncio.sleep(wait)
+                await self._sleep(wait)
             if slots is not None:
                 if slots.locked():  # every connection is busy: wait for one, bounded by the deadline only
                     await self._bounded(deadline, what, slots.acquire())
@@ -640,7 +655,7 @@ class MoneyKitSession:
                 if hook is not None:
                     emit(hook, RetryScheduled(method, url.path, attempt, delay, reason, tag))
                 logger.debug("retrying %s (attempt %d) in %.3f s after %s", what, attempt + 1, delay, reason)
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
                 continue
             cut = rate.accepted(generation, loop.time())
             if cut is not None:
@@ -667,19 +682,34 @@ class MoneyKitSession:
             self._pause(wait or backoff_delay(self._retry, throttles, self._rng), now)
         return wait
 
-    async def _reserve_shared(self, shared: SharedRate) -> tuple[int, float] | None:
-        """A slot in the fleet's schedule, or None (this process paces on its own) when Redis fails."""
+    async def _reserve_shared(
+        self, shared: SharedRate, horizon: float, deadline: float | None
+    ) -> tuple[int, float] | None:
+        """A slot in the fleet's schedule (not booked beyond `horizon`), or None when Redis fails: this
+        process then paces on its own for a while. The round trip is bounded by the call's deadline."""
         loop = self._loop
         assert loop is not None
-        if loop.time() < self._shared_down_until:
+        now = loop.time()
+        if now < self._shared_down_until:
             return None
+        bound = now + self._store_timeout
         try:
-            async with asyncio.timeout(self._store_timeout):
-                return await shared.reserve(self._namespace, self._rate.ceiling)
+            async with asyncio.timeout_at(bound if deadline is None else min(bound, deadline)):
+                return await shared.reserve(self._namespace, self._rate.ceiling, horizon)
         except Exception as exc:  # noqa: BLE001 - a broken limiter must never become a MoneyKit outage
             logger.warning("the shared rate limiter failed (%s); pacing this process alone for 5 s", type(exc).__name__)
             self._shared_down_until = loop.time() + 5.0
             return None
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep `seconds`, unless close() runs first: then SessionClosedError, at once."""
+        closing = self._closing
+        if closing is None:
+            assert self._loop is not None
+            closing = self._closing = self._loop.create_future()
+        await asyncio.wait((closing,), timeout=seconds)
+        if self._closed:
+            raise SessionClosedError(_CLOSED_IN_FLIGHT)
 
     def _pause(self, seconds: float, now: float) -> None:
         until = now + seconds
@@ -703,8 +733,8 @@ class MoneyKitSession:
                 error_message="MoneyKit asked this session to pause longer than this call's deadline allows",
                 retry_after=wait,
             )
-        logger.debug("waiting %.3f s: MoneyKit rate-limited this session", wait)
-        await asyncio.sleep(wait)
+        logger.debug("waiting %.3f s: MoneyKit paused this session", wait)
+        await self._sleep(wait)
 
     # -- transport ---------------------------------------------------------------------------------
 

@@ -157,6 +157,7 @@ local key = KEYS[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local ceiling = tonumber(ARGV[1])
+local horizon = tonumber(ARGV[2])  -- a slot further away is not booked (the caller will not send)
 local beta, c, min_keep, min_answers, min_round, burst, cap, floor = 0.95, 0.3, 0.1, 16, 0.1, 0.02, 2.0, 1.0
 local f = redis.call('HMGET', key, 'gen', 'enabled', 'cut_rate', 'w_max', 'k', 'cut_at', 'tat', 'acc', 'ref',
   's_at', 's_prev', 's_cur', 'a_at', 'a_prev', 'a_cur', 'first')
@@ -196,7 +197,7 @@ local function rate_at()
   return math.max(floor, grown)
 end
 local cut = -1
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   local rgen, kind = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
   if kind == 1 then a_cur = a_cur + 1 end
   if rgen == gen or first then
@@ -220,14 +221,14 @@ for i = 2, #ARGV, 2 do
   end
 end
 local wait = 0
-s_cur = s_cur + 1
 local rate = rate_at()
 if rate ~= nil then
   local interval = 1 / rate
   local start = math.max(tat, now)
-  tat = start + interval
   wait = math.max(0, start - now - math.max(burst, interval))
+  if horizon < 0 or wait <= horizon then tat = start + interval end
 end
+if horizon < 0 or wait <= horizon then s_cur = s_cur + 1 end
 redis.call('HSET', key, 'gen', gen, 'enabled', enabled and '1' or '0', 'cut_rate', cut_rate, 'w_max', w_max,
   'k', k, 'cut_at', cut_at, 'tat', tat, 'acc', acc, 'ref', ref, 's_at', s_at, 's_prev', s_prev, 's_cur', s_cur,
   'a_at', a_at, 'a_prev', a_prev, 'a_cur', a_cur, 'first', first and '1' or '0')
@@ -260,11 +261,15 @@ class RedisRateLimiter:
     def __repr__(self) -> str:
         return f"RedisRateLimiter(prefix={self._prefix!r})"
 
-    async def reserve(self, namespace: str, ceiling: float | None) -> tuple[int, float]:
-        """Book a send slot in the fleet's schedule: (generation, seconds to wait). Raises on Redis errors."""
+    async def reserve(self, namespace: str, ceiling: float | None, horizon: float) -> tuple[int, float]:
+        """Book a send slot in the fleet's schedule: (generation, seconds to wait); a slot more than
+        `horizon` seconds away is not booked. Raises on Redis errors."""
         pending, self._pending = self._pending, []
+        limit = -1 if horizon == float("inf") else horizon
         try:
-            gen, wait, rate, _ = await self._script(keys=[f"{self._prefix}:{namespace}"], args=[ceiling or 0, *pending])
+            gen, wait, rate, _ = await self._script(
+                keys=[f"{self._prefix}:{namespace}"], args=[ceiling or 0, limit, *pending]
+            )
         except BaseException:
             self._pending = pending + self._pending  # not applied: send them with the next call
             raise

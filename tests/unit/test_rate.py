@@ -16,7 +16,6 @@ def test_nothing_is_paced_before_the_first_throttle() -> None:
     rc = RateController()
     assert rc.rate(0.0) is None
     assert send(rc, 0.0, 10_000) == [0.0] * 10_000
-    assert rc.wait_time(0.0) == 0.0
     assert rc.cuts == 0 and not rc.enabled
 
 
@@ -26,7 +25,11 @@ def test_a_ceiling_paces_from_the_start_and_spreads_simultaneous_callers() -> No
     waits = send(rc, 0.0, 10)
     # A burst of 20 ms goes at once, then one interval (10 ms) apart: spread, never all woken together.
     assert waits == pytest.approx([0.0, 0.0, 0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07])
-    assert rc.wait_time(0.0) == pytest.approx(0.08)
+    # A slot past the caller's horizon (its deadline) is not booked: the schedule stays as it was.
+    assert rc.reserve(0.0, horizon=0.05) == pytest.approx(0.08)
+    assert rc.reserve(0.0, horizon=0.05) == pytest.approx(0.08)
+    assert rc.reserve(0.0) == pytest.approx(0.08)
+    assert rc.reserve(0.0) == pytest.approx(0.09)
 
 
 def test_the_first_429_cuts_at_once_to_beta_of_the_measured_rate() -> None:
@@ -109,9 +112,8 @@ def run_accepting(rc: RateController, start: float, seconds: float, step: float 
     """MoneyKit accepting everything sent at the controller's pace for `seconds`; returns the end time."""
     now = start
     while now < start + seconds:
-        if rc.wait_time(now) == 0.0:  # a sender that sends whenever a slot is free
-            generation = rc.generation
-            assert rc.reserve(now) == 0.0
+        generation = rc.generation
+        if rc.reserve(now, horizon=0.0) == 0.0:  # a sender that sends whenever a slot is free
             rc.accepted(generation, now)
         now += step
     return now
@@ -181,6 +183,33 @@ def test_the_floor_holds() -> None:
     rc = RateController(floor=2.0)
     now = 0.0
     for _ in range(50):
+        rc.reserve(now)
         rc.refused(rc.generation, now)
         now += MIN_ROUND * 1.01
+    assert rc.cuts > 10
     assert (rate := rc.rate(now)) is not None and rate >= 2.0
+
+
+def test_refused_bookings_cannot_run_the_schedule_away() -> None:
+    rc = RateController(ceiling=10.0)
+    for _ in range(10_000):  # callers whose deadlines are too close book no slot past them
+        rc.reserve(0.0, horizon=0.01)
+    assert rc.reserve(0.0) == pytest.approx(0.1)  # so the next caller waits one interval, not 1,000 s
+
+
+def test_a_slow_429_with_nothing_sent_lately_does_not_cut_to_the_floor() -> None:
+    rc = RateController()
+    generation = rc.generation
+    rc.reserve(0.0)
+    decision = rc.refused(generation, 1.5)  # answered 1.5 s later: no send in the last second
+    assert decision.cut is None
+    assert rc.rate(1.5) is None  # not paced: its Retry-After is still obeyed by the caller
+
+
+def test_a_session_unthrottled_for_a_while_is_not_paced_any_more() -> None:
+    rc = RateController()
+    send(rc, 0.0, 100)
+    rc.refused(rc.generation, 0.1)
+    assert rc.rate(0.2) is not None
+    assert rc.reserve(40.0) == 0.0
+    assert rc.rate(40.0) is None and not rc.enabled
