@@ -1,10 +1,12 @@
-"""Streaming batch introspection: a pool of workers over a lazily consumed token source.
+"""Streaming batch introspection: one reader and a pool of workers over a lazily consumed token source.
 
-Workers, not a task per token: up to `concurrency` long-lived tasks pull the next token when they are
-free, so the input is never drained ahead of the window, memory stays O(concurrency) and no task is
-created per request. The pool grows one worker per token found, so a batch of 3 tokens starts 3
-workers whatever `concurrency` says. A window of `2 * concurrency` tokens bounds what is in flight
-plus what waits to be yielded (in input order, a slow token holds back at most one window of results).
+Workers, not a task per token: up to `concurrency` long-lived tasks take the next token when they are
+free, so memory stays O(concurrency) and no task is created per request. One reader task draws from
+the source and hands tokens over: a slow or interactive source (the next token depends on the last
+result) never holds back a check, and the pool grows by one worker only for a token that no idle
+worker can take, so a batch of 3 tokens starts 3 workers whatever `concurrency` says. A window of
+`2 * concurrency` tokens bounds what is read ahead, in flight and waiting to be yielded (in input
+order, a slow token holds back at most one window of results).
 
 A throttled token is requeued (see `Requeue`) and keeps its place in the order. While one waits out its
 Retry-After, the window widens to `REQUEUE_WINDOW * concurrency`, so the others keep MoneyKit's allowed
@@ -75,10 +77,7 @@ Check = Callable[[str], Awaitable[AccessTokenDetails]]
 # about 2 s of a 2,000/s limit, enough to ride out a Retry-After of 1 s at full rate).
 REQUEUE_WINDOW = 64
 
-_LIVE: set[asyncio.Task[None]] = set()  # asyncio keeps tasks weakly: a dropped batch's workers live on here
-
-# Errors that concern the whole batch rather than one token (the session is gone): they end the iteration.
-_FATAL = (SessionClosedError,)
+_LIVE: set[asyncio.Task[None]] = set()  # asyncio keeps tasks weakly: a dropped batch's tasks live on here
 
 
 class BatchResults:
@@ -109,23 +108,23 @@ class BatchResults:
         self._concurrency = concurrency
         self._ordered = ordered
         self._window = 2 * concurrency
-        self._held = 0  # tokens taken from the source (or requeued) and not yet yielded
-        self._room: asyncio.Event | None = None  # set when the consumer frees a place in the window
+        self._held = 0  # tokens read from the source and not yet yielded
+        self._room: asyncio.Event | None = None  # set when the window has room again
         self._requeued_out: set[int] = set()  # indexes requeued at least once and not yet yielded
-        self._source_lock = asyncio.Lock()
         self._next_index = 0
-        self._exhausted = False
+        self._exhausted = False  # the reader has finished: no more tokens will be read
+        self._queue: deque[tuple[int, str]] = deque()  # read, not yet taken by a worker
+        self._requeued: list[tuple[float, int, str]] = []  # heap of (due, index, token)
+        self._idle: deque[asyncio.Future[None]] = deque()  # workers waiting for a token
         self._pending: dict[int, IntrospectionResult] = {}  # ordered: finished, not yet yielded
-        self._requeued: list[tuple[float, int, str]] = []  # heap of (due, index, token), permits held
         self._ready: deque[IntrospectionResult] = deque()  # unordered
         self._next_to_yield = 0
         self._failure: BaseException | None = None  # ends the batch at once (the session closed)
-        self._source_error: Exception | None = None  # raised once the tokens already sent are delivered
+        self._source_error: Exception | None = None  # raised once the tokens already read are delivered
         self._wakeup: asyncio.Future[None] | None = None
-        self._workers: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []  # the reader, then the workers
+        self._workers = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._started = False
-        self._running = 0
         self._closed = False
 
     @property
@@ -164,8 +163,8 @@ class BatchResults:
         if self._closed:
             raise StopAsyncIteration
         try:
-            if not self._started:
-                await self._start()
+            if self._loop is None:
+                self._start()
             while True:
                 result = self._take_ready()
                 if result is not None:
@@ -173,8 +172,8 @@ class BatchResults:
                     return result
                 if self._failure is not None:
                     raise self._failure
-                if self._running == 0:
-                    # Every token handed out has been delivered: only now may a broken source end the batch.
+                if self._exhausted and self._held == 0:
+                    # Every token read has been delivered: only now may a broken source end the batch.
                     if self._source_error is not None:
                         raise self._source_error
                     await self.aclose()
@@ -185,6 +184,14 @@ class BatchResults:
         except BaseException:
             await self.aclose()
             raise
+
+    def _take_ready(self) -> IntrospectionResult | None:
+        if self._ordered:
+            result = self._pending.pop(self._next_to_yield, None)
+            if result is not None:
+                self._next_to_yield += 1
+            return result
+        return self._ready.popleft() if self._ready else None
 
     def _release(self, index: int) -> None:
         self._held -= 1
@@ -197,136 +204,132 @@ class BatchResults:
         limit = self._window * (REQUEUE_WINDOW // 2 if self._requeued_out else 1)
         return self._held < limit
 
-    def _take_ready(self) -> IntrospectionResult | None:
-        if self._ordered:
-            result = self._pending.pop(self._next_to_yield, None)
-            if result is not None:
-                self._next_to_yield += 1
-            return result
-        return self._ready.popleft() if self._ready else None
-
     async def aclose(self) -> None:
         """Stop: cancel requests in flight and wait until every worker has finished."""
         if self._closed:
             return
         self._closed = True
-        await self._stop_workers()
+        await self._stop_tasks()
 
     async def abort(self, error: BaseException) -> None:
         """Stop the workers and make the consumer raise `error` (the session is closing)."""
-        if self._closed or self._failure is not None:
+        if self._closed:
             return
-        self._failure = error
-        await self._stop_workers()
+        if self._failure is None:
+            self._failure = error
+        await self._stop_tasks()
         self._wake()
 
-    async def _stop_workers(self) -> None:
-        workers = self._workers
-        for worker in workers:
-            worker.cancel()
-        if workers:
-            await asyncio.wait(workers)
+    async def _stop_tasks(self) -> None:
+        tasks = self._tasks
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
         self._pending.clear()
         self._ready.clear()
+        self._queue.clear()
+        self._requeued.clear()
 
-    # -- worker side -------------------------------------------------------------------------------
+    # -- reader and workers ----------------------------------------------------------------------------
 
-    async def _start(self) -> None:
+    def _start(self) -> None:
         # Kept: asyncio.get_running_loop() costs a getpid() syscall per call on Python 3.11.
         self._loop = asyncio.get_running_loop()
-        self._started = True
-        first = await self._pull()
-        if first is not None:
-            self._spawn(first)
+        self._track(self._loop.create_task(self._read(), name="moneykit-batch-reader"))
 
-    def _spawn(self, item: tuple[int, str]) -> None:
-        assert self._loop is not None
-        task = self._loop.create_task(self._work(item), name="moneykit-batch-worker")
+    def _track(self, task: asyncio.Task[None]) -> None:
         _LIVE.add(task)  # held until done, so close() can still stop it after the iterator is dropped
         task.add_done_callback(_LIVE.discard)
-        self._workers.append(task)
-        self._running += 1
+        self._tasks.append(task)
 
     def _wake(self) -> None:
         wakeup = self._wakeup
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
 
-    async def _pull(self) -> tuple[int, str] | None:
-        """The next token with a place in the window held for it, or None (place given back) at the end."""
-        while not self._has_room():
-            if self._room is None:
-                self._room = asyncio.Event()
-            self._room.clear()
-            await self._room.wait()
-        self._held += 1
+    def _wake_idle(self, everyone: bool = False) -> bool:
+        """Wake one idle worker (or all); False when none was waiting."""
+        woken = False
+        while self._idle:
+            waiter = self._idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                woken = True
+                if not everyone:
+                    break
+        return woken
+
+    async def _read(self) -> None:
+        """The one task that draws from the source: waits for room, then hands each token to a worker."""
         try:
-            item = await self._next_token()
-        except Exception as exc:  # noqa: BLE001 - the source broke: finish what was sent, then raise it
+            while True:
+                while not self._has_room():
+                    room = self._room = self._room or asyncio.Event()
+                    room.clear()
+                    await room.wait()
+                self._held += 1
+                try:
+                    item = await self._next_token()
+                except Exception as exc:  # noqa: BLE001 - the source broke: finish what was read, then raise it
+                    self._source_error = exc
+                    item = None
+                if item is None:
+                    self._held -= 1
+                    return
+                self._queue.append(item)
+                if not self._wake_idle() and self._workers < self._concurrency:
+                    # No worker is free for this token: grow the pool by one, never beyond the tokens.
+                    assert self._loop is not None
+                    self._workers += 1
+                    self._track(self._loop.create_task(self._work(), name="moneykit-batch-worker"))
+        finally:
             self._exhausted = True
-            if self._source_error is None:
-                self._source_error = exc
-            item = None
-        except BaseException:
-            self._held -= 1
-            raise
-        if item is None:
-            self._held -= 1
-        return item
+            self._wake_idle(everyone=True)
+            self._wake()
 
     async def _next_token(self) -> tuple[int, str] | None:
-        if self._exhausted:
-            return None
         if self._sync_source is not None:
             try:
                 token = next(self._sync_source)
             except StopIteration:
-                self._exhausted = True
                 return None
         else:
             assert self._async_source is not None
-            async with self._source_lock:  # an async generator cannot be advanced by two tasks at once
-                if self._exhausted:
-                    return None
-                try:
-                    token = await anext(self._async_source)
-                except StopAsyncIteration:
-                    self._exhausted = True
-                    return None
+            try:
+                token = await anext(self._async_source)
+            except StopAsyncIteration:
+                return None
         index = self._next_index
         self._next_index += 1
         return index, token
 
-    async def _next(self) -> tuple[int, str] | None:
-        """A requeued token that is due, else a new one from the source; None when both are done."""
-        assert self._loop is not None
+    async def _take(self) -> tuple[int, str] | None:
+        """A requeued token that is due, else the next one read; None once both are done."""
+        loop = self._loop
+        assert loop is not None
         while True:
             requeued = self._requeued
-            if requeued:
-                wait = requeued[0][0] - self._loop.time()
-                if wait <= 0:
-                    _, index, token = heapq.heappop(requeued)
-                    return index, token
-                # Never block on the window while tokens wait here: their results may be the ones the
-                # consumer needs next, and this worker must be free to send them when they are due.
-                if self._exhausted or not self._has_room():
-                    await asyncio.sleep(wait)
-                    continue
-            elif self._exhausted:
+            if requeued and requeued[0][0] <= loop.time():
+                _, index, token = heapq.heappop(requeued)
+                return index, token
+            if self._queue:
+                return self._queue.popleft()
+            if self._exhausted and not requeued:
                 return None
-            item = await self._pull()
-            if item is not None:
-                return item
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._idle.append(waiter)
+            timer = loop.call_later(requeued[0][0] - loop.time(), _resolve, waiter) if requeued else None
+            try:
+                await waiter
+            finally:
+                if timer is not None:
+                    timer.cancel()
 
-    async def _work(self, item: tuple[int, str] | None) -> None:
+    async def _work(self) -> None:
         assert self._loop is not None
         try:
-            while item is not None:
-                if len(self._workers) < self._concurrency and not self._exhausted:
-                    # Grow the pool only by tokens that exist: the new worker starts with one in hand.
-                    extra = await self._pull()
-                    if extra is not None:
-                        self._spawn(extra)
+            while (item := await self._take()) is not None:
                 index, token = item
                 try:
                     result = await self._check_one(index, token)
@@ -335,7 +338,6 @@ class BatchResults:
                     self._requeued_out.add(index)
                     if self._room is not None:
                         self._room.set()  # the window just widened
-                    item = await self._next()
                     continue
                 if self._ordered:
                     self._pending[index] = result
@@ -344,24 +346,24 @@ class BatchResults:
                 else:
                     self._ready.append(result)
                     self._wake()
-                item = await self._next()
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it: the batch ends
             if self._failure is None:
                 self._failure = exc
-        finally:
-            self._running -= 1
             self._wake()
 
     async def _check_one(self, index: int, token: object) -> IntrospectionResult:
         text = token if isinstance(token, str) else repr(type(token))
         try:
             details = await self._check(token)  # type: ignore[arg-type]
-        except _FATAL:
-            raise
+        except SessionClosedError:
+            raise  # about the whole batch, not this token
         except MoneyKitError as exc:  # this token's own outcome: expired, unauthorized, invalid, transport...
             return IntrospectionResult(index, None, exc, text)
         if details.disabled_at is not None and details.is_disabled():
             return IntrospectionResult(index, details, ClientDisabledError(details.disabled_at), text)
         return IntrospectionResult(index, details, None, text)
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

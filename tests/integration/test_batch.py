@@ -293,3 +293,59 @@ async def test_cache_serves_batches_too(fake: FakeMoneyKit) -> None:
         results = [r async for r in mk.introspect_many([token] * 100, concurrency=10)]
     assert all(r.ok for r in results)
     assert fake.count(INTROSPECT) == 1
+
+
+async def test_a_slow_source_never_holds_back_a_check(fake: FakeMoneyKit) -> None:
+    token = fake.mint_token()
+    release = asyncio.Event()
+
+    async def source() -> AsyncIterator[str]:
+        yield token
+        await release.wait()  # a source that is quiet for a while after its first token
+        yield token
+
+    async with MoneyKitSession(base_url=fake.base_url) as mk:
+        results = mk.introspect_many(source(), concurrency=8)
+        first = await asyncio.wait_for(anext(results), timeout=5)
+        assert first.ok and first.index == 0  # checked while the source was still quiet
+        release.set()
+        rest = [r async for r in results]
+    assert [r.index for r in rest] == [1]
+
+
+async def test_an_interactive_source_does_not_deadlock(fake: FakeMoneyKit) -> None:
+    tokens = [fake.mint_token() for _ in range(5)]
+    answered = asyncio.Event()
+
+    async def source() -> AsyncIterator[str]:
+        for token in tokens:  # the next token is only known once the last result was seen
+            answered.clear()
+            yield token
+            await answered.wait()
+
+    seen = []
+    async with MoneyKitSession(base_url=fake.base_url) as mk, asyncio.timeout(10):  # a deadlock fails, not hangs
+        async for result in mk.introspect_many(source(), concurrency=8):
+            seen.append(result.index)
+            answered.set()
+    assert seen == [0, 1, 2, 3, 4]
+
+
+async def test_a_requeued_token_goes_again_when_due_even_if_the_source_is_quiet(fake: FakeMoneyKit) -> None:
+    first, second = fake.mint_token(), fake.mint_token()
+    fake.inject(INTROSPECT, Fault(status=429, headers={"Retry-After": "0.2"}))
+    release = asyncio.Event()
+
+    async def source() -> AsyncIterator[str]:
+        yield first
+        await release.wait()  # quiet until the throttled token has been checked
+        yield second
+
+    async with MoneyKitSession(base_url=fake.base_url) as mk:
+        results = mk.introspect_many(source(), concurrency=4)
+        throttled = await asyncio.wait_for(anext(results), timeout=5)
+        assert throttled.ok and throttled.index == 0
+        release.set()
+        rest = [r async for r in results]
+    assert [r.index for r in rest] == [1]
+    assert fake.count(INTROSPECT) == 3
