@@ -6,14 +6,14 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final, TypeVar
 
 from ._errors import MissingCredentialsError, MoneyKitError, refresh_error
 from ._flight import SingleFlight
 from ._models import AccessToken
 from ._protocol import needs_refresh
-from ._store import MemoryTokenStore, TokenStore
+from ._store import MemoryTokenStore, StoreLock, TokenStore
 
 __all__ = ["DEFAULT_HOOK_TIMEOUT", "DEFAULT_STORE_TIMEOUT", "OnTokenRefresh", "TokenManager"]
 
@@ -24,6 +24,8 @@ OnTokenRefresh = Callable[[AccessToken], Awaitable[Any] | Any]
 # Each token-store operation (read, lock, write) gets this long before the session gives up on the
 # store and mints on its own: well inside the default Timeout.total of 10 s, with room for the mint.
 DEFAULT_STORE_TIMEOUT: Final = 5.0
+# After a store operation fails or hangs, the session leaves the store alone this long.
+STORE_RETRY: Final = 30.0
 # An on_token_refresh hook that runs longer is abandoned (and logged); it never delays a caller.
 DEFAULT_HOOK_TIMEOUT: Final = 10.0
 
@@ -66,7 +68,8 @@ class TokenManager:
         self._flight: SingleFlight[None, AccessToken] = SingleFlight(
             "moneykit-token-refresh", "the session was closed while waiting for its access token"
         )
-        self._hooks: set[asyncio.Task[None]] = set()
+        self._hooks: set[asyncio.Task[None]] = set()  # hooks and store writes after a refresh
+        self._store_down_until = 0.0
 
     @property
     def can_refresh(self) -> bool:
@@ -128,38 +131,69 @@ class TokenManager:
         )
 
     async def _obtain(self) -> tuple[AccessToken, bool]:
-        """A usable stored token (False), or a newly minted one (True) stored for the others."""
+        """A usable stored token (False), or a newly minted one (True), stored for the others afterwards."""
         assert self._mint is not None
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._store_down_until:
+            return await self._mint(), True  # the store failed lately: do not wait on it again yet
         namespace = self._namespace
-        stored = await self._with_store("read the token", lambda: self._store.get(namespace))
+        # One budget for everything before the mint (read, lock, read again): a hung store costs
+        # store_timeout once, not once per operation.
+        budget = loop.time() + self._store_timeout
+        stored = await self._with_store("read the token", lambda: self._store.get(namespace), budget)
         if self._usable(stored):
             assert stored is not None
             return stored, False
         lock = self._store.lock(namespace)
-        held = await self._with_store("take the token lock", lock.acquire) is True  # else: mint unlocked
+        held = False
+        if loop.time() >= self._store_down_until:
+            held = await self._with_store("take the token lock", lock.acquire, budget) is True
         try:
             if held:  # double-checked: whoever held the lock before us may have stored a fresh token
-                stored = await self._with_store("read the token", lambda: self._store.get(namespace))
+                stored = await self._with_store("read the token", lambda: self._store.get(namespace), budget)
                 if self._usable(stored):
                     assert stored is not None
+                    self._background(self._release(lock))
                     return stored, False
             token = await self._mint()
-            await self._with_store("store the new token", lambda: self._store.put(namespace, token))
-            return token, True
-        finally:
+        except BaseException:
             if held:
-                await self._with_store("release the token lock", lock.release)
+                self._background(self._release(lock))
+            raise
+        # The waiters get the token now; storing it (and freeing the lock for the others) follows.
+        self._background(self._share(namespace, token, lock if held else None))
+        return token, True
 
-    async def _with_store(self, what: str, operation: Callable[[], Awaitable[_T]]) -> _T | None:
-        """`operation()` within `store_timeout`; a failure or hang is logged and reads as None."""
+    async def _share(self, namespace: str, token: AccessToken, lock: StoreLock | None) -> None:
+        budget = asyncio.get_running_loop().time() + self._store_timeout
+        await self._with_store("store the new token", lambda: self._store.put(namespace, token), budget)
+        if lock is not None:
+            await self._release(lock)
+
+    async def _release(self, lock: StoreLock) -> None:
+        budget = asyncio.get_running_loop().time() + self._store_timeout
+        await self._with_store("release the token lock", lock.release, budget)
+
+    async def _with_store(self, what: str, operation: Callable[[], Awaitable[_T]], budget: float) -> _T | None:
+        """`operation()` before `budget` (loop time); a failure or hang is logged, reads as None, and
+        keeps the session off the store for STORE_RETRY seconds."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._store_down_until:
+            return None
         try:
-            async with asyncio.timeout(self._store_timeout):
+            async with asyncio.timeout_at(budget):
                 return await operation()
         except TimeoutError:
             logger.warning("the token store did not %s within %g s; going on without it", what, self._store_timeout)
         except Exception as exc:  # noqa: BLE001 - a broken store must never become a MoneyKit outage
             logger.warning("the token store failed to %s (%s); going on without it", what, type(exc).__name__)
+        self._store_down_until = loop.time() + STORE_RETRY
         return None
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work, name="moneykit-token-store")
+        self._hooks.add(task)  # cancelled by aclose() like the hooks
+        task.add_done_callback(self._hooks.discard)
 
     def _notify(self, token: AccessToken) -> None:
         if self._on_refresh is None:

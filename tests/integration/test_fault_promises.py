@@ -127,17 +127,32 @@ async def test_a_hung_token_store_costs_store_timeout_then_the_session_mints_loc
 ) -> None:
     store = HangingStore(hanging)
     with caplog.at_level(logging.WARNING, logger="moneykit_async"):
-        async with session_for(fake, token_store=store, store_timeout=0.2, timeout=Timeout(total=3.0)) as mk:
+        async with session_for(fake, token_store=store, store_timeout=0.3, timeout=Timeout(total=3.0)) as mk:
             started = time.monotonic()
             details = await asyncio.gather(*(mk.introspect() for _ in range(20)))
-            assert time.monotonic() - started < 2.5
+            elapsed = time.monotonic() - started
             assert {d.client_id for d in details} == {fake.client_id}
+            # A hung read costs store_timeout once; a hung write costs the callers nothing (it follows).
+            assert elapsed < (2.5 if hanging == "get" else 0.29)
+            await asyncio.sleep(0.4)  # the write, if that is what hangs, has timed out by now
+            calls = len(store.calls)
             store.recover.set()
-            fake.expire_all_tokens()  # the next call refreshes again, through the recovered store
+            fake.expire_all_tokens()  # the next refresh mints at once: the store is left alone for a while
+            started = time.monotonic()
             assert (await mk.introspect()).client_id == fake.client_id
+            assert time.monotonic() - started < 0.29
+            assert len(store.calls) == calls
     assert fake.count(TOKEN) == 2
     assert "the token store did not" in caplog.text
-    assert await store.get(f"{fake.client_id}:{fingerprint('')}") is not None  # stored once it recovered
+
+
+async def test_a_store_that_hangs_on_every_operation_costs_one_store_timeout(fake: FakeMoneyKit) -> None:
+    store = HangingStore("get", "put")
+    async with session_for(fake, token_store=store, store_timeout=0.5, timeout=Timeout(total=3.0)) as mk:
+        started = time.monotonic()
+        assert (await mk.introspect()).client_id == fake.client_id
+        assert time.monotonic() - started < 0.5 + 1.0  # one budget, not one per operation
+    assert fake.count(TOKEN) == 1
 
 
 class HangingLock:
