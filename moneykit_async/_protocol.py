@@ -161,6 +161,8 @@ def decode_content(body: bytes, encoding: str, cap: int, *, what: str, status: i
                 "not decoded further. Raise max_response_bytes only if you expect such answers",
                 status=status,
             )
+        if not decoder.eof:
+            raise zlib.error("the compressed body was cut short")
         return decoded
     except zlib.error:
         raise ResponseValidationError(

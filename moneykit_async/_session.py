@@ -44,6 +44,7 @@ from ._errors import (
     RateLimitError,
     RequestTimeoutError,
     ResponseValidationError,
+    ServerError,
     SessionClosedError,
     TransportError,
     UsageError,
@@ -81,6 +82,9 @@ logger = logging.getLogger("moneykit_async")
 _T = TypeVar("_T")
 
 _Response = tuple[int, "CIMultiDictProxy[str]", bytes]
+
+# Without a deadline (Timeout(total=None)), a call rides out this many 429s, then raises the last one.
+MAX_THROTTLED_RETRIES = 50
 
 # Said to every call that was in flight (or waiting) when close() ran: the SDK's own close, not a misuse.
 _CLOSED_IN_FLIGHT = "the MoneyKitSession was closed while this call was in flight; create a new session to go on"
@@ -197,6 +201,8 @@ class MoneyKitSession:
         )
         self._scope = _resolve_scope(scope)
         self._client_auth: ClientAuth = client_auth
+        # The token and the learned rate are kept per client and scope (the scope hashed short).
+        self._namespace = f"{client_id}:{fingerprint(self._scope or '')}"
         if token_store is not None and not isinstance(token_store, TokenStore):
             raise ConfigurationError("token_store must implement TokenStore (async get and put, and lock)")
         self._tokens = TokenManager(
@@ -205,8 +211,7 @@ class MoneyKitSession:
             skew=refresh_skew,
             on_refresh=on_token_refresh,
             store=token_store,
-            # One stored token per client and scope; the id is not a secret, the scope is hashed short.
-            namespace=f"{client_id}:{fingerprint(self._scope or '')}",
+            namespace=self._namespace,
             store_timeout=store_timeout,
         )
 
@@ -217,11 +222,12 @@ class MoneyKitSession:
         self._budget = RetryBudget(retry.budget)
         self._rng = random.Random()
         self._paused_until = 0.0  # loop.time() before which no request is sent (persistent 429s, a 503)
+        self._paused_by = 503  # the status that asked for the pause
         self._rate = RateController(ceiling=None if rate_limit is None else float(rate_limit))
         # A fleet-wide rate, if the token store shares one (RedisTokenStore(share_rate_limit=True)).
         shared = getattr(token_store, "rate_limiter", None)
         self._shared: SharedRate | None = shared if isinstance(shared, SharedRate) else None
-        self._namespace = f"{client_id}:{fingerprint(self._scope or '')}"
+
         if session is not None and max_connections is not None:
             raise ConfigurationError(
                 "max_connections sizes the SDK's own pool; with session=, size the connector of your session"
@@ -630,13 +636,16 @@ class MoneyKitSession:
                         or delay is None
                         or not self._retry.max_retries  # retrying switched off: off for 429s too
                         or (time_left is not None and delay >= time_left)
+                        or (time_left is None and throttles >= MAX_THROTTLED_RETRIES)  # no deadline to end them
                     ):
                         error.retries_taken = retries
                         raise
                     throttles += 1
                 else:
                     if isinstance(error, APIError) and error.status < 500:  # an answer, and not a throttle
-                        rate.accepted(generation, loop.time())
+                        cut = rate.accepted(generation, loop.time())
+                        if cut is not None:
+                            self._rate_changed(cut)
                         if shared is not None and fleet_generation is not None:
                             shared.report(fleet_generation, accepted=True)
                     time_left = None if deadline is None else deadline - loop.time()
@@ -646,7 +655,7 @@ class MoneyKitSession:
                         delay = None
                     pause = session_pause(self._retry, error)
                     if pause is not None:
-                        self._pause(pause, loop.time())
+                        self._pause(pause, loop.time(), getattr(error, "status", 503))
                     if delay is None:
                         error.retries_taken = retries
                         raise
@@ -674,12 +683,12 @@ class MoneyKitSession:
             self._rate_changed(decision.cut)
         retry_after = error.retry_after
         if retry_after is not None and retry_after > self._retry.max_retry_after:
-            self._pause(self._retry.max_retry_after, now)  # obeyed as far as we may, for everyone
+            self._pause(self._retry.max_retry_after, now, 429)  # obeyed as far as we may, for everyone
             return None
         # Retried no sooner than MoneyKit asked; without a Retry-After, the paced schedule spaces it.
         wait = retry_after if retry_after is not None else 0.0
         if decision.pause:  # throttled even at a reduced rate: everyone stops for the wait
-            self._pause(wait or backoff_delay(self._retry, throttles, self._rng), now)
+            self._pause(wait or backoff_delay(self._retry, throttles, self._rng), now, 429)
         return wait
 
     async def _reserve_shared(
@@ -711,10 +720,11 @@ class MoneyKitSession:
         if self._closed:
             raise SessionClosedError(_CLOSED_IN_FLIGHT)
 
-    def _pause(self, seconds: float, now: float) -> None:
+    def _pause(self, seconds: float, now: float, status: int = 503) -> None:
         until = now + seconds
         if until > self._paused_until:
             self._paused_until = until
+            self._paused_by = status
             if self._on_event is not None:
                 emit(self._on_event, RateLimitPaused(seconds))
 
@@ -726,13 +736,14 @@ class MoneyKitSession:
     async def _wait_out_pause(self, loop: asyncio.AbstractEventLoop, deadline: float | None) -> None:
         wait = self._paused_until - loop.time()
         if deadline is not None and loop.time() + wait >= deadline:
-            # Fail fast rather than hold a request path for a wait it cannot afford (a batch waits instead).
-            raise RateLimitError(
-                status=429,
-                error_code=RATE_LIMIT_EXCEEDED,
-                error_message="MoneyKit asked this session to pause longer than this call's deadline allows",
-                retry_after=wait,
-            )
+            # Fail fast rather than hold a request path for a wait it cannot afford (a batch waits instead),
+            # with the kind of error that caused the pause: overload (503) or persistent throttling (429).
+            message = "MoneyKit asked this session to pause longer than this call's deadline allows"
+            if self._paused_by == 429:
+                raise RateLimitError(
+                    status=429, error_code=RATE_LIMIT_EXCEEDED, error_message=message, retry_after=wait
+                )
+            raise ServerError(status=self._paused_by, error_message=message, retry_after=wait)
         logger.debug("waiting %.3f s: MoneyKit paused this session", wait)
         await self._sleep(wait)
 

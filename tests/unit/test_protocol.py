@@ -194,5 +194,7 @@ def test_decode_content_inflates_gzip_and_zlib_within_the_cap() -> None:
     assert decode_content(gzip.compress(b"a" * 2048), "gzip", 2048, what="GET /x", status=200) == b"a" * 2048
     with pytest.raises(ResponseValidationError, match="not valid gzip data"):
         decode_content(b"not gzip", "gzip", 1024, what="GET /x", status=200)
+    with pytest.raises(ResponseValidationError, match="not valid gzip data"):  # cut short
+        decode_content(gzip.compress(body)[:-6], "gzip", 1024, what="GET /x", status=200)
     with pytest.raises(ResponseValidationError, match="does not decode"):
         decode_content(body, "zstd", 1024, what="GET /x", status=200)
