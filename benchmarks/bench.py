@@ -31,6 +31,7 @@ CONTENDERS = [
     "sdk_introspect_many",
     "sdk_introspect_many_unordered",
     "sdk_gather",
+    "cli_check",
     "httpx",
     "official_threads",
 ]
@@ -89,6 +90,30 @@ async def sdk_introspect_many(url: str, n: int, concurrency: int, ordered: bool 
         latencies.clear()
         async for result in mk.introspect_many(tokens(n), concurrency=concurrency, ordered=ordered):
             assert result.ok, result.error
+    return latencies
+
+
+async def cli_check(url: str, n: int, concurrency: int) -> list[float]:
+    """`moneykit-async check` on a token file, JSON Lines to /dev/null (the CLI's own code path)."""
+    from moneykit_async import MoneyKitSession
+    from moneykit_async._cli import run_check
+
+    latencies, on_event = request_latencies()
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as file:
+        file.writelines(t + "\n" for t in tokens(WARMUP))
+        warm = file.name
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as file:
+        file.writelines(t + "\n" for t in tokens(n))
+        path = file.name
+    try:
+        with open(os.devnull, "w") as out, open(os.devnull, "w") as err:
+            async with MoneyKitSession(base_url=url, max_connections=concurrency, on_event=on_event) as mk:
+                await run_check(mk, os.open(warm, os.O_RDONLY), out, err, concurrency=concurrency, close=True)
+                latencies.clear()
+                await run_check(mk, os.open(path, os.O_RDONLY), out, err, concurrency=concurrency, close=True)
+    finally:
+        os.unlink(warm)
+        os.unlink(path)
     return latencies
 
 
@@ -167,6 +192,7 @@ def run_contender(name: str, url: str, n: int, concurrency: int) -> dict[str, An
         "sdk_introspect_many": lambda: asyncio.run(sdk_introspect_many(url, n, concurrency)),
         "sdk_introspect_many_unordered": lambda: asyncio.run(sdk_introspect_many(url, n, concurrency, ordered=False)),
         "sdk_gather": lambda: asyncio.run(sdk_gather(url, n, concurrency)),
+        "cli_check": lambda: asyncio.run(cli_check(url, n, concurrency)),
         "httpx": lambda: asyncio.run(httpx_client(url, n, concurrency)),
         "official_threads": lambda: official_threads(url, n, concurrency),
     }

@@ -418,9 +418,10 @@ class MoneyKitSession:
         details or its typed error; only errors about the whole batch (a closed session, a failing
         token source, cancellation) end the iteration. Leaving the loop early stops the workers.
 
-        Rate limits slow the batch down instead of failing its tokens: while the session is paused by a
-        429 (or a 503 with Retry-After) no token is sent, each token's deadline starts when it can be
-        sent, and a token answered 429 is sent again after the wait. Only a wait longer than
+        Rate limits slow the batch down instead of failing its tokens: a token answered 429 is requeued
+        (it keeps its place) and sent again no sooner than its Retry-After, while the others go on at the
+        session's learned rate; while the session is paused (a 503 with Retry-After) no token is sent,
+        and each token's deadline starts when it can be sent. Only a Retry-After longer than
         `RetryPolicy.max_retry_after` fails a token with RateLimitError. `concurrency` is capped at the
         connection pool's size (`max_connections`), since more workers could only queue for connections.
         """
@@ -550,7 +551,6 @@ class MoneyKitSession:
         attempt_limit = self._timeout.attempt
         hook = self._on_event
         tag = fingerprint(subject) if hook is not None and subject is not None else None
-        what = f"{method} {url.path}"
         started = 0.0
         retries = 0  # of failures: bounded by max_retries and the budget
         attempt = 0  # every attempt, throttled ones included
@@ -564,7 +564,7 @@ class MoneyKitSession:
                 raise SessionClosedError(_CLOSED_IN_FLIGHT)
             if self._paused_until > loop.time():
                 await self._wait_out_pause(loop, deadline)
-            generation = rate.generation
+            generation = rate.cuts  # the rate's generation: answers to older ones do not cut it again
             horizon = math.inf if deadline is None else deadline - loop.time()
             fleet = None if shared is None else await self._reserve_shared(shared, horizon, deadline)
             if fleet is not None:
@@ -580,7 +580,7 @@ class MoneyKitSession:
                 await self._sleep(wait)
             if slots is not None:
                 if slots.locked():  # every connection is busy: wait for one, bounded by the deadline only
-                    await self._bounded(deadline, what, slots.acquire())
+                    await self._bounded(deadline, f"{method} {url.path}", slots.acquire())
                 else:
                     await slots.acquire()  # free: returns at once
             # One aiohttp timer bounds the attempt by Timeout.attempt or the call's deadline, whichever
@@ -594,7 +594,7 @@ class MoneyKitSession:
                     if remaining <= 0:
                         if slots is not None:
                             slots.release()
-                        raise self._timeout_error(what)
+                        raise self._timeout_error(f"{method} {url.path}")
                     limits = aiohttp.ClientTimeout(
                         total=remaining, sock_connect=self._timeout.connect, ceil_threshold=math.inf
                     )
@@ -651,7 +651,7 @@ class MoneyKitSession:
                     time_left = None if deadline is None else deadline - loop.time()
                     delay = retry_delay(self._retry, error, retries, time_left, self._rng)
                     if delay is not None and not self._budget.try_spend():
-                        logger.debug("not retrying %s: the session's retry budget is spent", what)
+                        logger.debug("not retrying %s %s: the session's retry budget is spent", method, url.path)
                         delay = None
                     pause = session_pause(self._retry, error)
                     if pause is not None:
@@ -663,7 +663,9 @@ class MoneyKitSession:
                 reason = _reason(error)
                 if hook is not None:
                     emit(hook, RetryScheduled(method, url.path, attempt, delay, reason, tag))
-                logger.debug("retrying %s (attempt %d) in %.3f s after %s", what, attempt + 1, delay, reason)
+                logger.debug(
+                    "retrying %s %s (attempt %d) in %.3f s after %s", method, url.path, attempt + 1, delay, reason
+                )
                 await self._sleep(delay)
                 continue
             cut = rate.accepted(generation, loop.time())
