@@ -106,7 +106,7 @@ async def cli_check(url: str, n: int, concurrency: int) -> list[float]:
         file.writelines(t + "\n" for t in tokens(n))
         path = file.name
     try:
-        with open(os.devnull, "w") as out, open(os.devnull, "w") as err:
+        with open(os.devnull, "w") as out, open(os.devnull, "w") as err:  # noqa: ASYNC230 - /dev/null, once
             async with MoneyKitSession(base_url=url, max_connections=concurrency, on_event=on_event) as mk:
                 await run_check(mk, os.open(warm, os.O_RDONLY), out, err, concurrency=concurrency, close=True)
                 latencies.clear()
