@@ -4,8 +4,8 @@
 
 Each scenario is a fresh server process (benchmarks/server.py --limit ...): a token bucket of R
 requests/s holding 100, answering 429 `api_error.rate_limit_exceeded` beyond it, with or without
-Retry-After, and in one scenario a limit that halves midway. Each contender checks R x `--seconds`
-tokens in a process of its own, at concurrency 64:
+Retry-After, and in one scenario a limit that halves midway. Each contender checks the same `--tokens`
+(20,000) in a process of its own, at concurrency 64 (a limit of 500/s makes that a 40 s run):
 
 - sdk: `introspect_many` with the SDK's defaults;
 - ideal: raw aiohttp paced exactly at the limit it is told (the oracle; it still retries a 429);
@@ -178,11 +178,10 @@ def settle_time(timeline: dict[str, list[int]], after: float) -> float | None:
     return settled - after
 
 
-def one_run(scenario: str, contender: str, seconds: float) -> dict[str, Any]:
+def one_run(scenario: str, contender: str, n: int) -> dict[str, Any]:
     spec = SCENARIOS[scenario]
     limit = spec["limit"]
-    halve_after = seconds / 2 if scenario == "halving" else None
-    n = int(allowed(limit, halve_after, seconds) - 100)
+    halve_after = n / limit / 2 if scenario == "halving" else None  # halfway through at the first limit
     with tempfile.TemporaryDirectory() as tmp:
         port_file, stats_file = os.path.join(tmp, "port"), os.path.join(tmp, "stats.json")
         command = [sys.executable, str(HERE / "server.py"), port_file, "--limit", str(limit), "--stats", stats_file]
@@ -279,7 +278,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of one run at the limit")
+    parser.add_argument("--count", type=int, default=20_000, help="tokens per run")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
@@ -305,7 +304,7 @@ def main() -> None:
             names = FLEET_CONTENDERS if scenario == "fleet" else contenders
             order = names[round_no % len(names) :] + names[: round_no % len(names)]
             for contender in order:
-                result = one_run(scenario, contender, args.seconds)
+                result = one_run(scenario, contender, args.count)
                 runs.setdefault((scenario, contender), []).append(result)
                 print(
                     f"round {round_no + 1}: {scenario:<10} {contender:<8} share {result['share']:.2f} "
@@ -332,7 +331,7 @@ def main() -> None:
         )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"seconds": args.seconds, "rounds": args.rounds, "python": sys.version.split()[0], "results": rows}
+    report = {"tokens": args.count, "rounds": args.rounds, "python": sys.version.split()[0], "results": rows}
     report["runs"] = [r for results in runs.values() for r in results]
     (out / "rate_limited.json").write_text(json.dumps(report, indent=2))
     text = table(rows)
