@@ -8,6 +8,7 @@ import math
 import os
 import random
 import ssl
+import threading
 import time
 import weakref
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
@@ -253,6 +254,7 @@ class MoneyKitSession:
         self._borrowed = session
         self._client: aiohttp.ClientSession | None = session
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = 0  # the thread of that loop
         self._closed = False
         self._closing: asyncio.Future[None] | None = None  # done once close() has started
         self._shutdown: asyncio.Future[None] | None = None
@@ -359,6 +361,11 @@ class MoneyKitSession:
             raise SessionClosedError("this MoneyKitSession is closed; create a new one")
         if self._loop is None:  # first use: bind to this loop (checked on failures, see _send)
             self._loop = asyncio.get_running_loop()
+            self._thread = threading.get_ident()
+        elif threading.get_ident() != self._thread:
+            # Another thread is another event loop: refuse before touching the pool, whose connections
+            # (and their futures) belong to the first loop. Cheaper than get_running_loop() per call.
+            raise UsageError("this MoneyKitSession was first used in another event loop; create one session per loop")
         client = self._client
         if client is None:
             connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
