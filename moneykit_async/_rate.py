@@ -13,7 +13,11 @@ grows back along a cubic curve), changed where its users found it lacking:
   rate that MoneyKit accepted since the last cut, at most `BETA` of it, so one cut lands near the
   limit even from a burst many times over it.
 - Between throttles the rate grows along CUBIC's curve: flat near the rate that was throttled (most
-  time is spent just under the limit), then faster, so a raised limit is found again in seconds.
+  time is spent just under the limit), then faster, so a raised limit is found again in seconds; never
+  above twice the rate MoneyKit accepted lately, so a climb towards a rate that was far over the limit
+  stops short of a second overshoot.
+- A slot past the caller's deadline is never booked (the schedule cannot run away from callers that
+  will not send), and after 30 s without a throttle the session is not paced at all any more.
 
 Why not a library: `aiolimiter` and `limits` pace to a rate you already know; none learns the rate
 from 429s, and the learning is the point here. A known limit can still be given as a ceiling.
@@ -37,7 +41,8 @@ CUBIC_C: Final = 0.3
 # After this long without a cut, a session that was not given a ceiling paces no more: MoneyKit has not
 # throttled it lately, and a rate learned from old traffic must not hold back a new burst.
 QUIET_RESET: Final = 30.0
-# The rate never climbs above this multiple of the rate MoneyKit accepted over the last second.
+# The rate never climbs above this multiple of the rate MoneyKit accepted lately (ACCEPTED_WINDOW), as
+# botocore caps its bucket at twice the measured rate.
 GROWTH_CAP: Final = 2.0
 # The accepted rate the cap follows is measured over this many seconds: short, so a raised limit is
 # followed within a second or two.
