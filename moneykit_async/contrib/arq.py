@@ -408,11 +408,18 @@ async def _report(
     loop = asyncio.get_running_loop()
     last_progress = loop.time()
     where = f"chunk {index + 1} of {len(jobs)} (from line {chunk.first_line})"
+    # arq marks a job in progress for its whole job timeout (hours) before our worker's first lease
+    # renewal; a worker that dies in between would strand the chunk for that long. A live worker keeps
+    # the mark within its lease, so a longer one is cut back to two leases: harmless if the worker lives.
+    stranded_ms = int(2 * _lease_seconds() * 1000)
     while True:
         async with redis.pipeline(transaction=True) as pipe:
             pipe.get(result_key_prefix + job.job_id)
             pipe.zscore(default_queue_name, job.job_id)
-            raw, score = await pipe.execute()
+            pipe.pttl(in_progress_key_prefix + job.job_id)
+            raw, score, marked_ms = await pipe.execute()
+        if marked_ms is not None and marked_ms > stranded_ms:
+            await redis.pexpire(in_progress_key_prefix + job.job_id, stranded_ms)
         if raw:
             try:
                 info = deserialize_result(raw)
