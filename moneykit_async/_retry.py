@@ -1,8 +1,9 @@
 """Retry decisions without I/O: which failures are retried, how long to wait, and the retry budget.
 
 A retry loop of our own rather than a library: it must share one deadline with token refresh, obey
-Retry-After, pause the whole session on 429 and draw on a session-wide budget, which no generic
-retry decorator models. The loop itself (in `_session`) only sleeps and calls these functions.
+Retry-After, pause the whole session on a 503 with Retry-After, leave 429s to the rate controller
+(`_rate`) and draw on a session-wide budget, which no generic retry decorator models. The loop itself
+(in `_session`) only sleeps and calls these functions.
 """
 
 from __future__ import annotations

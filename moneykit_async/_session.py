@@ -120,10 +120,13 @@ class MoneyKitSession:
     - `introspection_cache`: an `IntrospectionCache` to remember and coalesce `introspect(token)`.
     - `token_store`: where the session's own token lives (default: this process); a shared store such
       as `moneykit_async.contrib.redis.RedisTokenStore` makes a fleet of processes mint one token.
-      `store_timeout` bounds each store operation (default 5 s): a hung or broken store is logged and
-      the session mints on its own.
+      `store_timeout` bounds how long a refresh waits on the store (default 5 s): a hung or broken
+      store is logged, the session mints on its own and leaves the store alone for 30 s.
+    - `rate_limit`: a known MoneyKit limit in requests/s, paced under from the first request. Without
+      it the session learns the allowed rate from 429s (see `send_rate`, `throttled`).
     - `on_event`: a quick sync callable that receives `RequestStarted`, `RequestFinished`,
-      `RetryScheduled`, `RateLimitPaused` and `TokenRefreshed` events (fingerprints, never tokens).
+      `RetryScheduled`, `RateChanged`, `RateLimitPaused` and `TokenRefreshed` events (fingerprints,
+      never tokens).
     - `on_token_refresh`: sync or async callable run once per new token, after the callers waiting for
       the token have it, in a task of its own bounded to 10 s; its errors and timeouts are logged only.
     - `ssl`: a custom `ssl.SSLContext` (verification stays on); `trust_env`: honour proxy and netrc
