@@ -96,36 +96,19 @@ async def start_worker(env: dict[str, str]) -> Worker:
 
 
 @pytest.fixture
-async def workers(fake: FakeMoneyKit, redis_url: str) -> AsyncIterator[list[asyncio.subprocess.Process]]:
+async def workers(fake: FakeMoneyKit, redis_url: str) -> AsyncIterator[list[Worker]]:
     env = clean_env(MONEYKIT_ARQ_REDIS_URL=redis_url, MONEYKIT_BASE_URL=fake.base_url, MONEYKIT_ARQ_CONCURRENCY="8")
-    processes = []
-    for _ in range(2):
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "arq",
-            "moneykit_async.contrib.arq.WorkerSettings",
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        assert process.stdout is not None
-        while b"Starting worker" not in (line := await asyncio.wait_for(process.stdout.readline(), timeout=30)):
-            assert line, "arq worker exited early"
-        processes.append(process)
-    yield processes
-    for process in processes:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-    for process in processes:
-        rest, _ = await asyncio.wait_for(process.communicate(), timeout=30)
-        assert process.returncode == 0, rest.decode()
-        assert b"Unclosed" not in rest and b"Traceback" not in rest
+    started = [await start_worker(env) for _ in range(2)]
+    yield started
+    for worker in started:
+        assert await worker.stop() == 0, "".join(worker.log)
+        log = "".join(worker.log)
+        assert "Unclosed" not in log and "Traceback" not in log
 
 
 @pytest.mark.slow
 async def test_two_workers_check_every_token_exactly_once(
-    fake: FakeMoneyKit, redis_url: str, workers: list[asyncio.subprocess.Process], tmp_path: Path
+    fake: FakeMoneyKit, redis_url: str, workers: list[Worker], tmp_path: Path
 ) -> None:
     valid = [fake.mint_token() for _ in range(1500)]
     revoked = [fake.mint_token() for _ in range(100)]
