@@ -15,9 +15,10 @@ demo: $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check .
 	$(BIN)/python -m moneykit_async demo
 
-## test: install with the dev extra, then lint, type-check and run the whole suite with coverage
+## test: install with the dev dependency group, then lint, type-check and run the whole suite with coverage
 test: $(BIN)/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade 'pip>=25.1'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --group dev -e .
 	$(MAKE) lint typecheck unit
 
 lint:
@@ -25,7 +26,7 @@ lint:
 	$(BIN)/ruff format --check .
 
 typecheck:
-	$(BIN)/mypy --strict moneykit_async examples
+	$(BIN)/mypy --strict moneykit_async moneykit_async_pytest.py examples
 
 unit:
 	$(BIN)/coverage erase
@@ -34,11 +35,14 @@ unit:
 	$(BIN)/coverage report
 
 ## bench: the side-by-side benchmarks: throughput against a fair raw-aiohttp baseline, then rate-limited
-## batches (this SDK, an ideal paced client, the official client); see benchmarks/
+## batches (this SDK, an ideal paced client, the official client), then the web integrations' overhead per request
+## on a cache hit; see benchmarks/
 bench: $(BIN)/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade 'pip>=25.1'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --group bench -e '.[speed]'
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/rate_limited.py $(RATE_BENCH_ARGS)
+	$(BIN)/python benchmarks/integrations.py $(INTEGRATION_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .coverage .mypy_cache .ruff_cache .pytest_cache dist build

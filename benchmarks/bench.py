@@ -96,7 +96,7 @@ async def sdk_introspect_many(url: str, n: int, concurrency: int, ordered: bool 
 async def cli_check(url: str, n: int, concurrency: int) -> list[float]:
     """`moneykit-async check` on a token file, JSON Lines to /dev/null (the CLI's own code path)."""
     from moneykit_async import MoneyKitSession
-    from moneykit_async._cli import run_check
+    from moneykit_async.cli._check import run_check
 
     latencies, on_event = request_latencies()
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as file:

@@ -6,7 +6,7 @@ async with MoneyKitSession(client_id=..., client_secret=...) as mk:
 
 import logging
 
-from ._batch import BatchResults, IntrospectionResult
+from ._batch import BatchResults, IntrospectionFailed, IntrospectionOk, IntrospectionResult
 from ._cache import IntrospectionCache
 from ._config import Timeout
 from ._errors import (
@@ -29,6 +29,8 @@ from ._errors import (
     UsageError,
 )
 from ._events import (
+    CallFinished,
+    CallStarted,
     Event,
     RateChanged,
     RateLimitPaused,
@@ -37,10 +39,11 @@ from ._events import (
     RetryScheduled,
     TokenRefreshed,
 )
-from ._models import AccessToken, AccessTokenDetails, App, fingerprint
+from ._models import AccessToken, AccessTokenDetails, App, JsonWebKey, JsonWebKeySet, fingerprint
 from ._retry import RetryPolicy
 from ._session import MoneyKitSession
 from ._store import MemoryTokenStore, TokenStore
+from ._transport import Transport
 from ._version import __version__
 
 __all__ = [
@@ -50,13 +53,19 @@ __all__ = [
     "App",
     "AuthenticationError",
     "BatchResults",
+    "CallFinished",
+    "CallStarted",
     "ClientDisabledError",
     "ConfigurationError",
     "Event",
     "ExpiredAccessTokenError",
     "IntrospectionCache",
+    "IntrospectionFailed",
+    "IntrospectionOk",
     "IntrospectionResult",
     "InvalidInputError",
+    "JsonWebKey",
+    "JsonWebKeySet",
     "MemoryTokenStore",
     "MissingCredentialsError",
     "MoneyKitError",
@@ -77,6 +86,7 @@ __all__ = [
     "TokenRefreshError",
     "TokenRefreshed",
     "TokenStore",
+    "Transport",
     "TransportError",
     "UsageError",
     "__version__",

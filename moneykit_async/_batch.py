@@ -20,7 +20,7 @@ import heapq
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Self
+from typing import Literal, Self, TypeAlias
 
 import attrs
 
@@ -28,27 +28,23 @@ from ._config import check_whole
 from ._errors import ClientDisabledError, MoneyKitError, SessionClosedError, UsageError
 from ._models import AccessTokenDetails, fingerprint
 
-__all__ = ["BatchResults", "ClientDisabledError", "IntrospectionResult", "Requeue"]
+__all__ = ["BatchResults", "IntrospectionFailed", "IntrospectionOk", "IntrospectionResult", "Requeue"]
 
 
 @attrs.frozen
-class IntrospectionResult:
-    """The outcome for one token of a batch: `details` when it is usable, else the typed `error`.
+class IntrospectionOk:
+    """A token of a batch that is valid and whose client is enabled: its `details`.
 
-    `index` is the token's position in the input; `fingerprint` correlates it in logs. A token whose
-    client is disabled has both `details` and a `ClientDisabledError`. The token is kept (for your
-    own follow-up) but never shown in repr.
+    `index` is the token's position in the input; `fingerprint` correlates it in logs. The token is kept
+    (for your own follow-up) but never shown in repr. `ok` is always True and `error` always None, so
+    `if result.ok:` (or `result.error is None`) narrows `IntrospectionResult` to this type for mypy.
     """
 
     index: int
-    details: AccessTokenDetails | None
-    error: MoneyKitError | None
+    details: AccessTokenDetails
     token: str = attrs.field(repr=False, eq=False)
-
-    @property
-    def ok(self) -> bool:
-        """True when the token is valid and its client enabled."""
-        return self.error is None
+    ok: Literal[True] = attrs.field(default=True, init=False, repr=False)
+    error: None = attrs.field(default=None, init=False, repr=False)
 
     @property
     def fingerprint(self) -> str:
@@ -56,8 +52,34 @@ class IntrospectionResult:
         return fingerprint(self.token)
 
     def __repr__(self) -> str:
-        outcome = f"error={self.error!r}" if self.error is not None else f"details={self.details!r}"
-        return f"IntrospectionResult(index={self.index}, fingerprint={self.fingerprint!r}, {outcome})"
+        return f"IntrospectionOk(index={self.index}, fingerprint={self.fingerprint!r}, details={self.details!r})"
+
+
+@attrs.frozen
+class IntrospectionFailed:
+    """A token of a batch that cannot be used: the typed `error` says why.
+
+    A token whose client is disabled also has its `details` (with `disabled_at`) and a
+    `ClientDisabledError`; otherwise `details` is None. `ok` is always False.
+    """
+
+    index: int
+    error: MoneyKitError
+    token: str = attrs.field(repr=False, eq=False)
+    details: AccessTokenDetails | None = None
+    ok: Literal[False] = attrs.field(default=False, init=False, repr=False)
+
+    @property
+    def fingerprint(self) -> str:
+        """A short, non-reversible tag of the token."""
+        return fingerprint(self.token)
+
+    def __repr__(self) -> str:
+        return f"IntrospectionFailed(index={self.index}, fingerprint={self.fingerprint!r}, error={self.error!r})"
+
+
+# One token's outcome in a batch. A union, so `if result.ok: result.details...` type-checks.
+IntrospectionResult: TypeAlias = IntrospectionOk | IntrospectionFailed
 
 
 class Requeue(Exception):
@@ -366,10 +388,10 @@ class BatchResults:
         except SessionClosedError:
             raise  # about the whole batch, not this token
         except MoneyKitError as exc:  # this token's own outcome: expired, unauthorized, invalid, transport...
-            return IntrospectionResult(index, None, exc, text)
+            return IntrospectionFailed(index, exc, text)
         if details.disabled_at is not None and details.is_disabled():
-            return IntrospectionResult(index, details, ClientDisabledError(details.disabled_at), text)
-        return IntrospectionResult(index, details, None, text)
+            return IntrospectionFailed(index, ClientDisabledError(details.disabled_at), text, details)
+        return IntrospectionOk(index, details, text)
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:

@@ -6,10 +6,11 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
-from ._models import AccessToken, AccessTokenDetails, App
+from ._models import AccessToken, AccessTokenDetails, App, JsonWebKey
 
 __all__ = ["make_converter"]
 
@@ -63,6 +64,16 @@ def _app_hook(converter: cattrs.Converter) -> Callable[[Any, type], App]:
     return structure_app
 
 
+def _jwk_hook(converter: cattrs.Converter) -> Callable[[Any, type], JsonWebKey]:
+    named = make_dict_structure_fn(JsonWebKey, converter, members=override(omit=True))
+
+    def structure_jwk(value: Any, cls: type) -> JsonWebKey:
+        key: JsonWebKey = named(value, cls)  # checks the named members (and that `value` is an object)
+        return attrs.evolve(key, members=dict(value))
+
+    return structure_jwk
+
+
 def _details_hook(converter: cattrs.Converter) -> Callable[[Any, type], AccessTokenDetails]:
     checked = make_dict_structure_fn(AccessTokenDetails, converter)
 
@@ -82,7 +93,7 @@ def _details_hook(converter: cattrs.Converter) -> Callable[[Any, type], AccessTo
             ):
                 app_id, name = app.get("app_id"), app.get("name")
                 if type(app_id) is str and type(name) is str:
-                    return AccessTokenDetails(client_id, client_name, scope, App(app_id, name))
+                    return AccessTokenDetails(client_id, scope, App(app_id, name), client_name)
         return checked(data, cls)
 
     return structure_details
@@ -106,6 +117,7 @@ def make_converter() -> cattrs.Converter:
         lambda details: {**unstructure_details(details), "scopes": sorted(details.scopes)},
     )
     converter.register_structure_hook(AccessTokenDetails, _details_hook(converter))
+    converter.register_structure_hook(JsonWebKey, _jwk_hook(converter))
     converter.register_structure_hook(
         AccessToken,
         make_dict_structure_fn(AccessToken, converter, expires_in=override(struct_hook=_lifetime)),

@@ -12,6 +12,8 @@ from collections.abc import Callable
 import attrs
 
 __all__ = [
+    "CallFinished",
+    "CallStarted",
     "Event",
     "OnEvent",
     "RateChanged",
@@ -27,6 +29,30 @@ logger = logging.getLogger("moneykit_async")
 
 
 @attrs.frozen
+class CallStarted:
+    """One SDK call began (before pacing, pauses and attempts). `call_id` ties its attempts to it."""
+
+    method: str
+    path: str
+    call_id: int
+    fingerprint: str | None
+
+
+@attrs.frozen
+class CallFinished:
+    """One SDK call ended, however it ended: `error` is the class name of what it raised (including
+    "CancelledError"), None on success; `attempts` counts the requests it sent (0 when it never sent)."""
+
+    method: str
+    path: str
+    call_id: int
+    attempts: int
+    elapsed: float
+    error: str | None
+    fingerprint: str | None
+
+
+@attrs.frozen
 class RequestStarted:
     """An attempt at an HTTP request is about to be sent (`attempt` counts from 1)."""
 
@@ -34,6 +60,7 @@ class RequestStarted:
     path: str
     attempt: int
     fingerprint: str | None
+    call_id: int = 0  # the CallStarted/CallFinished pair this attempt belongs to
 
 
 @attrs.frozen
@@ -48,6 +75,7 @@ class RequestFinished:
     elapsed: float
     error: str | None
     fingerprint: str | None
+    call_id: int = 0  # the CallStarted/CallFinished pair this attempt belongs to
 
 
 @attrs.frozen
@@ -60,6 +88,7 @@ class RetryScheduled:
     delay: float
     reason: str
     fingerprint: str | None
+    call_id: int = 0  # the CallStarted/CallFinished pair this attempt belongs to
 
 
 @attrs.frozen
@@ -86,8 +115,54 @@ class TokenRefreshed:
     expires_in: int | None
 
 
-Event = RequestStarted | RequestFinished | RetryScheduled | RateLimitPaused | RateChanged | TokenRefreshed
+Event = (
+    CallStarted
+    | CallFinished
+    | RequestStarted
+    | RequestFinished
+    | RetryScheduled
+    | RateLimitPaused
+    | RateChanged
+    | TokenRefreshed
+)
 OnEvent = Callable[[Event], object]
+
+
+class Hooks:
+    """The event hooks of one session: `on_event`, then those added later (`add_event_hook`).
+
+    `hook` is what the pipeline calls: None without any hook (so an unobserved call pays nothing), the
+    one hook itself, or a fan-out in which one failing hook never stops the others.
+    """
+
+    def __init__(self, first: OnEvent | None) -> None:
+        self._hooks: list[OnEvent] = [] if first is None else [first]
+        self.hook: OnEvent | None = first
+
+    def add(self, hook: OnEvent) -> Callable[[], None]:
+        self._hooks.append(hook)
+        self._update()
+
+        def remove() -> None:
+            if hook in self._hooks:
+                self._hooks.remove(hook)
+                self._update()
+
+        return remove
+
+    def _update(self) -> None:
+        hooks = tuple(self._hooks)
+        if not hooks:
+            self.hook = None
+        elif len(hooks) == 1:
+            self.hook = hooks[0]
+        else:
+
+            def fan_out(event: Event) -> None:
+                for hook in hooks:
+                    emit(hook, event)
+
+            self.hook = fan_out
 
 
 def emit(hook: OnEvent, event: Event) -> None:

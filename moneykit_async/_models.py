@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import attrs
 
-__all__ = ["AccessToken", "AccessTokenDetails", "App", "fingerprint"]
+__all__ = ["AccessToken", "AccessTokenDetails", "App", "JsonWebKey", "JsonWebKeySet", "fingerprint"]
 
 
 def fingerprint(token: str) -> str:
@@ -33,13 +33,14 @@ class AccessTokenDetails:
     """What `GET /auth/introspect` says about an access token: the client and app that own it.
 
     `scope` is the space-separated string as MoneyKit sent it; `scopes` is the same as a set.
+    `client_name` is None when MoneyKit leaves it out (it is deprecated upstream).
     `disabled_at` is timezone-aware, or None while the client is enabled.
     """
 
     client_id: str
-    client_name: str
     scope: str
     app: App
+    client_name: str | None = None
     disabled_at: datetime | None = None
 
     @functools.cached_property
@@ -91,3 +92,26 @@ class AccessToken:
             f"AccessToken(fingerprint={self.fingerprint!r}, token_type={self.token_type!r}, "
             f"expires_in={self.expires_in!r})"
         )
+
+
+@attrs.frozen
+class JsonWebKey:
+    """One public key from MoneyKit's key set (RFC 7517). `members` holds every member as sent, the
+    key material (`n`/`e`, `crv`/`x`/`y`, ...) among them, for a JOSE library to load."""
+
+    kty: str
+    kid: str | None = None
+    use: str | None = None
+    alg: str | None = None
+    members: dict[str, object] = attrs.field(factory=dict, repr=False, eq=False)
+
+
+@attrs.frozen
+class JsonWebKeySet:
+    """What `GET /.well-known/jwks.json` answers: the public keys that sign MoneyKit's webhooks."""
+
+    keys: tuple[JsonWebKey, ...]
+
+    def find(self, kid: str) -> JsonWebKey | None:
+        """The key with id `kid` (a webhook's JWS header names it), or None."""
+        return next((key for key in self.keys if key.kid == kid), None)

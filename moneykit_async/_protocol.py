@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import functools
 import json
 import math
 import time
 import zlib
 from collections.abc import Callable, Mapping
 from datetime import UTC
-from typing import Any, Final, Literal
+from typing import Any, Final, Generic, Literal, TypeVar
 
+import attrs
 import cattrs
 
 from ._config import API_VERSION
@@ -27,28 +29,29 @@ from ._errors import (
     api_error_from_response,
     request_id_of,
 )
-from ._models import AccessToken, AccessTokenDetails
+from ._models import AccessToken, AccessTokenDetails, JsonWebKeySet
 from ._version import __version__
 
 __all__ = [
-    "INTROSPECT_PATH",
+    "INTROSPECT",
+    "JWKS",
     "MIN_TOKEN_USE",
-    "TOKEN_PATH",
     "ClientAuth",
+    "Endpoint",
+    "Parser",
     "base_headers",
     "check_credential",
     "check_token",
     "decode_content",
     "needs_refresh",
     "parse_introspection",
+    "parse_jwks",
     "parse_retry_after",
     "parse_token",
     "refresh_margin",
+    "token_endpoint",
     "token_request",
 ]
-
-INTROSPECT_PATH: Final = "auth/introspect"
-TOKEN_PATH: Final = "auth/token"
 
 ClientAuth = Literal["basic", "body"]
 
@@ -71,6 +74,27 @@ _CONVERTER: Final = make_converter()
 # Fetched once: looking hooks up per response costs more than structuring a small object.
 _structure_details: Final = _CONVERTER.get_structure_hook(AccessTokenDetails)
 _structure_token: Final = _CONVERTER.get_structure_hook(AccessToken)
+_structure_jwks: Final = _CONVERTER.get_structure_hook(JsonWebKeySet)
+
+_T = TypeVar("_T")
+# What every endpoint's parser is: an answer (status, headers, body) in, a model or a MoneyKitError out.
+Parser = Callable[[int, Mapping[str, str], bytes], _T]
+
+
+@attrs.frozen
+class Endpoint(Generic[_T]):
+    """One MoneyKit operation, as the request pipeline needs it: the method, the path (relative to the
+    base URL), and the pure function that turns its answer into a model. `label` names it in messages
+    and events."""
+
+    method: str
+    path: str
+    parse: Parser[_T] = attrs.field(eq=False)
+    label: str = attrs.field(init=False)
+
+    @label.default
+    def _label(self) -> str:
+        return f"{self.method} /{self.path}"
 
 
 def base_headers() -> dict[str, str]:
@@ -231,6 +255,26 @@ def parse_introspection(status: int, headers: Mapping[str, str], body: bytes) ->
     except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
         raise _validation_error("GET /auth/introspect", status, headers, exc) from exc
     return details
+
+
+def parse_jwks(status: int, headers: Mapping[str, str], body: bytes) -> JsonWebKeySet:
+    """Turn a `GET /.well-known/jwks.json` answer into a key set, or raise the matching MoneyKitError."""
+    _raise_for_error(status, headers, body)
+    data = _decode_object("GET /.well-known/jwks.json", status, headers, body)
+    try:
+        keys: JsonWebKeySet = _structure_jwks(data, JsonWebKeySet)
+    except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
+        raise _validation_error("GET /.well-known/jwks.json", status, headers, exc) from exc
+    return keys
+
+
+def token_endpoint(obtained_at: float) -> Endpoint[AccessToken]:
+    """`POST /auth/token`, for a mint sent at monotonic time `obtained_at` (the token's lifetime starts then)."""
+    return Endpoint("POST", "auth/token", functools.partial(parse_token, obtained_at=obtained_at))
+
+
+INTROSPECT: Final = Endpoint("GET", "auth/introspect", parse_introspection)
+JWKS: Final = Endpoint("GET", ".well-known/jwks.json", parse_jwks)
 
 
 def parse_token(status: int, headers: Mapping[str, str], body: bytes, *, obtained_at: float) -> AccessToken:

@@ -17,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from moneykit_async import IntrospectionCache, MoneyKitSession, RetryPolicy
-from moneykit_async._demo import run_demo
+from moneykit_async.cli._demo import run_demo
 from moneykit_async.testing import FakeMoneyKit, Fault
 
 from .helpers import clean_env
@@ -76,27 +76,30 @@ async def test_demo_outcomes_match_the_kinds_of_token() -> None:
 @pytest.fixture
 async def service(fake: FakeMoneyKit) -> AsyncIterator[TestClient[aiohttp.web.Request, aiohttp.web.Application]]:
     example = load_example("web_service")
-    session = MoneyKitSession(
-        base_url=fake.base_url,
-        introspection_cache=IntrospectionCache(ttl=30),
-        retry=RetryPolicy(max_retries=0),
+    app = example.make_app(
+        lambda: MoneyKitSession(
+            base_url=fake.base_url,
+            introspection_cache=IntrospectionCache(ttl=30),
+            retry=RetryPolicy(max_retries=0),
+        )
     )
-    async with TestClient(TestServer(example.make_app(session))) as client:
+    async with TestClient(TestServer(app)) as client:
         yield client
 
 
 @pytest.mark.parametrize(
-    ("case", "status", "message"),
+    ("case", "status", "error", "description"),
     [
-        ("valid", 200, None),
-        ("missing", 401, "missing bearer token"),
-        ("not-bearer", 401, "missing bearer token"),
-        ("expired", 401, "token expired"),
-        ("revoked", 401, "invalid token"),
-        ("garbage", 401, "invalid token"),
-        ("disabled", 401, "client disabled"),
-        ("narrow-scope", 403, "lacks the 'link:data:read' scope"),
-        ("moneykit-down", 503, "authorization service unavailable"),
+        ("valid", 200, None, None),
+        ("missing", 401, None, "needs a bearer token"),
+        ("not-bearer", 401, None, "needs a bearer token"),
+        ("malformed", 400, "invalid_request", "not a valid bearer token"),
+        ("expired", 401, "invalid_token", "the access token expired"),
+        ("revoked", 401, "invalid_token", "invalid or revoked"),
+        ("garbage", 401, "invalid_token", "invalid or revoked"),
+        ("disabled", 401, "invalid_token", "client is disabled"),
+        ("narrow-scope", 403, "insufficient_scope", "lacks the scope link:data:read"),
+        ("moneykit-down", 503, "temporarily_unavailable", "retry later"),
     ],
 )
 async def test_web_service_authenticates_each_request(
@@ -104,7 +107,8 @@ async def test_web_service_authenticates_each_request(
     service: TestClient[aiohttp.web.Request, aiohttp.web.Application],
     case: str,
     status: int,
-    message: str | None,
+    error: str | None,
+    description: str | None,
 ) -> None:
     token = fake.mint_token()
     headers = {"Authorization": f"Bearer {token}"}
@@ -112,6 +116,8 @@ async def test_web_service_authenticates_each_request(
         headers = {}
     elif case == "not-bearer":
         headers = {"Authorization": f"Basic {token}"}
+    elif case == "malformed":
+        headers = {"Authorization": f"Bearer {token} {token}"}
     elif case == "expired":
         fake.expire_token(token)
     elif case == "revoked":
@@ -127,12 +133,26 @@ async def test_web_service_authenticates_each_request(
     response = await service.get("/accounts", headers=headers)
     assert response.status == status
     body = await response.json()
-    if message is None:
+    if description is None:
         assert body["client_id"] == fake.client_id
+        return
+    assert body.get("error") == error
+    assert description in body["error_description"]
+    challenge = response.headers.get("WWW-Authenticate")
+    if status == 503:
+        assert challenge is None
+    elif error is None:
+        assert challenge == 'Bearer realm="api"'  # RFC 6750: no error information without a token
     else:
-        assert message in body["error"]
-    if status == 401:
-        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert challenge is not None and challenge.startswith(f'Bearer realm="api", error="{error}"')
+
+
+async def test_web_service_health_is_public(
+    fake: FakeMoneyKit, service: TestClient[aiohttp.web.Request, aiohttp.web.Application]
+) -> None:
+    response = await service.get("/health")
+    assert (response.status, await response.json()) == (200, {"ok": True})
+    assert fake.count("/auth/introspect") == 0
 
 
 async def test_web_service_caches_introspections(
@@ -150,7 +170,7 @@ def test_web_service_example_runs() -> None:
     assert result.returncode == 0, result.stderr
     assert "valid token        -> 200" in result.stdout
     assert "missing scope      -> 403" in result.stdout
-    assert "no token           -> 401" in result.stdout
+    assert 'no token           -> 401 WWW-Authenticate: Bearer realm="api"' in result.stdout
     assert "MoneyKit saw 4 introspections for 6 requests" in result.stdout
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from moneykit_async import MoneyKitSession
-from moneykit_async.testing import FakeMoneyKit, Fault
+from moneykit_async.testing import FakeMoneyKit
 
 
 async def test_fixtures_give_a_fake_and_a_bound_session(
@@ -62,6 +62,3 @@ def test_a_users_own_test_file_runs_with_the_plugin(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed" in result.stdout
 
-
-def test_fault_type_is_exported_for_users() -> None:
-    assert Fault(status=503).status == 503

@@ -36,12 +36,18 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from arq import ArqRedis, create_pool
-from arq.connections import RedisSettings
-from arq.constants import default_queue_name, in_progress_key_prefix, job_key_prefix, result_key_prefix
-from arq.jobs import Job, deserialize_result
-from arq.worker import func
-from redis.exceptions import RedisError
+
+try:
+    from arq import ArqRedis, create_pool
+    from arq.connections import RedisSettings
+    from arq.constants import default_queue_name, in_progress_key_prefix, job_key_prefix, result_key_prefix
+    from arq.jobs import Job, deserialize_result
+    from arq.worker import func
+    from redis.exceptions import RedisError
+except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subprocess by the tests
+    raise ModuleNotFoundError(
+        "moneykit_async.contrib.arq needs the 'arq' extra: pip install 'moneykit-async[arq]'", name=exc.name
+    ) from exc
 
 from .._errors import ConfigurationError, MoneyKitError, UsageError
 from .._records import json_line, outcome_of, result_json

@@ -27,8 +27,14 @@ import logging
 import time
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.exceptions import LockError
+try:
+    import redis.asyncio as aioredis
+    from redis.exceptions import LockError
+except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subprocess by the tests
+    raise ModuleNotFoundError(
+        "moneykit_async.contrib.redis needs the 'redis' extra: pip install 'moneykit-async[redis]'",
+        name=exc.name,
+    ) from exc
 
 from .._models import AccessToken
 from .._store import StoreLock

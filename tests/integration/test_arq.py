@@ -21,7 +21,7 @@ from moneykit_async.testing import FakeMoneyKit, Fault
 
 from ..helpers import clean_env
 
-SCRIPT = str(Path(sys.executable).with_name("moneykit-async"))
+CLI = (sys.executable, "-m", "moneykit_async")  # the `moneykit-async` console script's main
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -126,7 +126,7 @@ async def test_two_workers_check_every_token_exactly_once(
     expected = {n: line for n, line in enumerate(lines, start=1) if line}
 
     process = await asyncio.create_subprocess_exec(
-        SCRIPT,
+        *CLI,
         "check",
         "--arq",
         redis_url,
@@ -186,7 +186,7 @@ async def test_a_killed_worker_does_not_stall_the_check(fake: FakeMoneyKit, redi
         loop = asyncio.get_running_loop()
         started = loop.time()
         cli = await asyncio.create_subprocess_exec(
-            SCRIPT,
+            *CLI,
             *("check", "--arq", redis_url, str(path), "--chunk-bytes", str(30 * len(tokens[0]) + 30)),
             *("--out-dir", str(out_dir)),
             env=clean_env(),
@@ -227,7 +227,7 @@ def _token_file(tmp_path: Path, count: int = 30) -> Path:
 
 async def _cli(*args: str) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
-        SCRIPT, *args, env=clean_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *CLI, *args, env=clean_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     out, err = await asyncio.wait_for(process.communicate(), timeout=60)
     assert process.returncode is not None
@@ -286,7 +286,7 @@ async def test_the_overall_timeout_says_how_many_chunks_were_not_finished(tmp_pa
 
 
 def test_the_timeout_default_is_in_the_help() -> None:
-    result = subprocess.run([SCRIPT, "check", "--help"], capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run([*CLI, "check", "--help"], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0
     assert "--timeout SECONDS" in result.stdout and "(default 3600)" in " ".join(result.stdout.split())
 
@@ -322,7 +322,7 @@ async def test_a_worker_lost_before_its_first_lease_renewal_strands_no_chunk(
     window must not strand its chunk for hours: the CLI cuts such marks back to two leases."""
     path = _token_file(tmp_path, 20)
     cli = await asyncio.create_subprocess_exec(
-        SCRIPT,
+        *CLI,
         *("check", "--arq", redis_url, str(path), "--chunk-bytes", "300", "--out-dir", str(tmp_path / "out")),
         env=clean_env(MONEYKIT_ARQ_LEASE_SECONDS="1"),
         stdout=asyncio.subprocess.PIPE,

@@ -32,22 +32,16 @@ from moneykit_async import (
     TokenRefreshError,
     TransportError,
 )
-from moneykit_async._cli import (
-    LINES_PER_BLOCK,
-    PENDING_BLOCKS,
-    READ_BYTES,
-    ChunkProgress,
-    Progress,
-    exit_code_for,
-    read_tokens,
-    run_check,
-)
 from moneykit_async._models import fingerprint
+from moneykit_async.cli import exit_code_for
+from moneykit_async.cli._check import ChunkProgress, Progress, run_check
+from moneykit_async.cli._input import LINES_PER_BLOCK, PENDING_BLOCKS, READ_BYTES, read_tokens
 from moneykit_async.testing import FakeMoneyKit, Fault
 
 from ..helpers import clean_env
 
-SCRIPT = str(Path(sys.executable).with_name("moneykit-async"))
+# `python -m moneykit_async` runs the same `main` as the `moneykit-async` console script.
+CLI = (sys.executable, "-m", "moneykit_async")
 
 
 async def run_cli(
@@ -65,7 +59,7 @@ async def run_cli(
             env["MONEYKIT_CLIENT_ID"] = fake.client_id
             env["MONEYKIT_CLIENT_SECRET"] = secret or fake.client_secret
     process = await asyncio.create_subprocess_exec(
-        SCRIPT,
+        *CLI,
         *args,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
@@ -294,15 +288,15 @@ async def test_check_usage_errors_exit_2(fake: FakeMoneyKit, tmp_path: Path) -> 
 async def test_sandbox_serves_until_terminated(no_leaked_tasks: None) -> None:
     env = clean_env()
     process = await asyncio.create_subprocess_exec(
-        SCRIPT, "sandbox", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+        *CLI, "sandbox", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
     )
     assert process.stdout is not None
     settings: dict[str, str] = {}
     while len(settings) < 3:
         line = (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode()
         assert line, "sandbox exited early"
-        if "=" in line:
-            name, _, value = line.strip().partition("=")
+        if line.startswith("export "):  # lines a shell can eval
+            name, _, value = line.removeprefix("export ").partition("=")
             settings[name] = value.split()[0]
     async with MoneyKitSession(
         base_url=settings["MONEYKIT_BASE_URL"],

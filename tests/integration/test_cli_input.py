@@ -12,7 +12,7 @@ from pathlib import Path
 from moneykit_async.testing import FakeMoneyKit
 
 from ..helpers import clean_env
-from .test_cli import SCRIPT, run_cli
+from .test_cli import CLI, run_cli
 
 
 def _env(fake: FakeMoneyKit) -> dict[str, str]:
@@ -22,7 +22,7 @@ def _env(fake: FakeMoneyKit) -> dict[str, str]:
 async def test_ctrl_c_on_an_open_stdin_exits_130_promptly_with_whole_lines(fake: FakeMoneyKit) -> None:
     tokens = [fake.mint_token() for _ in range(200)]
     process = await asyncio.create_subprocess_exec(
-        SCRIPT,
+        *CLI,
         "check",
         "-",
         stdin=asyncio.subprocess.PIPE,
@@ -113,7 +113,7 @@ async def test_a_reader_that_leaves_early_makes_check_exit_1_quietly(fake: FakeM
     read_end, write_end = os.pipe()
     try:
         process = await asyncio.create_subprocess_exec(
-            SCRIPT,
+            *CLI,
             "check",
             str(path),
             stdin=asyncio.subprocess.DEVNULL,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
 
 from moneykit_async import (
+    CallFinished,
+    CallStarted,
+    ConfigurationError,
     Event,
     MoneyKitSession,
     RateChanged,
@@ -15,6 +19,8 @@ from moneykit_async import (
     RequestStarted,
     RetryPolicy,
     RetryScheduled,
+    ServerError,
+    Timeout,
     TokenRefreshed,
     fingerprint,
 )
@@ -35,18 +41,36 @@ async def test_a_call_with_a_retry_reports_every_step(fake: FakeMoneyKit) -> Non
         own = (await mk.get_access_token()).fingerprint
     kinds = [type(e).__name__ for e in events if not isinstance(e, RateChanged)]
     assert kinds == [
-        "RequestStarted",  # POST /auth/token
+        "CallStarted",  # POST /auth/token, for the session's own token
+        "RequestStarted",
         "RequestFinished",
+        "CallFinished",
         "TokenRefreshed",
-        "RequestStarted",  # GET /auth/introspect -> 429: flow control, the session's rate is cut
+        "CallStarted",  # GET /auth/introspect
+        "RequestStarted",  # -> 429: flow control, the session's rate is cut
         "RequestFinished",
         "RetryScheduled",  # no sooner than the Retry-After
         "RequestStarted",
         "RequestFinished",
+        "CallFinished",
+    ]  # get_access_token() found the token fresh: no call, no event
+    mint_call, mint_end, introspect_call, introspect_end = [
+        e for e in events if isinstance(e, CallStarted | CallFinished)
     ]
-    token_start, token_end, refreshed, first, limited, retry, second, done = (
-        e for e in events if not isinstance(e, RateChanged)
+    assert isinstance(introspect_call, CallStarted) and introspect_call.path == "/auth/introspect"
+    assert isinstance(mint_call, CallStarted) and mint_call.path == "/auth/token"
+    assert isinstance(mint_end, CallFinished) and (mint_end.call_id, mint_end.attempts, mint_end.error) == (
+        mint_call.call_id,
+        1,
+        None,
     )
+    assert isinstance(introspect_end, CallFinished)
+    assert (introspect_end.call_id, introspect_end.attempts, introspect_end.error) == (introspect_call.call_id, 2, None)
+    assert introspect_end.fingerprint == own and introspect_end.elapsed >= 0.05  # it waited the Retry-After
+    token_start, token_end, refreshed, first, limited, retry, second, done = (
+        e for e in events if not isinstance(e, RateChanged | CallStarted | CallFinished)
+    )
+    assert {first.call_id, limited.call_id, retry.call_id, second.call_id, done.call_id} == {introspect_call.call_id}
     assert isinstance(token_start, RequestStarted) and token_start.path == "/auth/token"
     assert token_start.fingerprint is None
     assert isinstance(token_end, RequestFinished) and token_end.status == 201
@@ -89,3 +113,56 @@ async def test_a_broken_hook_is_logged_and_ignored(fake: FakeMoneyKit, caplog: p
         async with MoneyKitSession(base_url=fake.base_url, on_event=hook) as mk:
             assert (await mk.introspect(fake.mint_token())).client_id == fake.client_id
     assert "on_event hook failed for RequestStarted" in caplog.text
+
+
+async def test_hooks_added_later_get_events_until_removed_and_one_broken_hook_spares_the_others(
+    fake: FakeMoneyKit, caplog: pytest.LogCaptureFixture
+) -> None:
+    first: list[Event] = []
+    second: list[Event] = []
+
+    def broken(event: Event) -> None:
+        raise RuntimeError("a bug in the user's hook")
+
+    async with MoneyKitSession(base_url=fake.base_url, on_event=first.append) as mk:
+        remove_broken = mk.add_event_hook(broken)
+        remove_second = mk.add_event_hook(second.append)
+        await mk.introspect(fake.mint_token())
+        remove_second()
+        remove_broken()
+        remove_second()  # twice is harmless
+        await mk.introspect(fake.mint_token())
+        with pytest.raises(ConfigurationError, match="must be callable"):
+            mk.add_event_hook("not a hook")  # type: ignore[arg-type]
+    assert [type(e).__name__ for e in second] == ["CallStarted", "RequestStarted", "RequestFinished", "CallFinished"]
+    assert len(first) == 2 * len(second)  # on_event saw both calls
+    assert "on_event hook failed" in caplog.text
+
+
+async def test_every_call_ends_with_call_finished_even_when_nothing_was_sent(fake: FakeMoneyKit) -> None:
+    events: list[Event] = []
+    token = fake.mint_token()
+    async with MoneyKitSession(
+        base_url=fake.base_url, on_event=events.append, timeout=Timeout(total=1.0), retry=RetryPolicy(max_retries=0)
+    ) as mk:
+        # A 503 asking for 30 s pauses the session: the next call cannot wait that long and sends nothing.
+        fake.inject("/auth/introspect", Fault(status=503, headers={"Retry-After": "30"}))
+        with pytest.raises(ServerError):
+            await mk.introspect(token)
+        with pytest.raises(ServerError, match="pause longer than this call's deadline"):
+            await mk.introspect(token)
+    finished = [e for e in events if isinstance(e, CallFinished)]
+    assert [(e.attempts, e.error) for e in finished] == [(1, "ServerError"), (0, "ServerError")]
+
+
+async def test_a_cancelled_call_reports_call_finished_with_cancelled_error(fake: FakeMoneyKit) -> None:
+    events: list[Event] = []
+    fake.inject("/auth/introspect", Fault(delay=30))
+    async with MoneyKitSession(base_url=fake.base_url, on_event=events.append) as mk:
+        call = asyncio.ensure_future(mk.introspect(fake.mint_token()))
+        await fake.wait_for_requests(1, "/auth/introspect")  # the attempt is on the wire
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    (finished,) = [e for e in events if isinstance(e, CallFinished)]
+    assert (finished.attempts, finished.error) == (1, "CancelledError")

@@ -17,9 +17,13 @@ import pytest
 
 from moneykit_async import (
     AccessToken,
+    AccessTokenDetails,
+    App,
     AuthenticationError,
     ConfigurationError,
-    IntrospectionResult,
+    IntrospectionFailed,
+    IntrospectionOk,
+    InvalidInputError,
     MemoryTokenStore,
     MoneyKitSession,
     RateLimitError,
@@ -365,8 +369,10 @@ def test_fingerprints_and_results_handle_tokens_that_are_not_utf8() -> None:
     token = b"tok_\xff\xfe".decode("utf-8", "surrogateescape")
     tag = fingerprint(token)
     assert len(tag) == 12 and tag != fingerprint("tok_")
-    result = IntrospectionResult(0, None, None, token)
-    assert tag in repr(result)
+    failed = IntrospectionFailed(0, InvalidInputError("not a token"), token)
+    ok = IntrospectionOk(0, AccessTokenDetails("c", "s", App("a", "A")), token)
+    assert tag in repr(failed) and tag in repr(ok)
+    assert failed.fingerprint == ok.fingerprint == tag
 
 
 async def test_introspect_many_reports_a_non_utf8_token_as_invalid_input(mk: MoneyKitSession) -> None:

@@ -17,7 +17,7 @@ from moneykit_async import (
 )
 from moneykit_async.testing import FakeMoneyKit
 
-from .test_faults import FAST_RETRY, MATRIX, TIMEOUT, run_row
+from ..fault_matrix import FAST_RETRY, MATRIX, TIMEOUT, run_row
 
 
 def chain(error: BaseException) -> Iterator[BaseException]:

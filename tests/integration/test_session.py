@@ -32,14 +32,17 @@ INTROSPECT = "/auth/introspect"
 
 async def test_owned_pool_is_created_lazily_reused_and_closed(fake: FakeMoneyKit) -> None:
     mk = MoneyKitSession(base_url=fake.base_url, max_connections=7)
-    assert mk._client is None  # nothing is created outside a running call
+    assert fake.connections_made == 0  # nothing is opened outside a running call
     await mk.introspect(fake.mint_token())
-    http = mk._client
-    assert http is not None and http.connector is not None and http.connector.limit == 7
-    await asyncio.gather(*(mk.introspect(fake.mint_token()) for _ in range(20)))
-    assert mk._client is http  # one pool for the session's life, never one per request
+    tokens = [fake.mint_token() for _ in range(40)]
+    fake.inject(INTROSPECT, *[Fault(delay=0.05) for _ in tokens])
+    await asyncio.gather(*(mk.introspect(t) for t in tokens))
+    # One pool of at most 7 connections for the session's life, never one per request.
+    assert fake.connections_made <= 7 and fake.max_in_flight == 7
+    assert mk.connections_in_use == 0
     await mk.close()
-    assert http.closed and mk.closed
+    await fake.wait_for_connections(0)  # the pool the SDK owns is closed with it
+    assert mk.closed
     await mk.close()  # idempotent
 
 
@@ -55,9 +58,8 @@ async def test_keep_alive_reuses_connections(fake: FakeMoneyKit) -> None:
     async with MoneyKitSession(base_url=fake.base_url) as mk:
         for _ in range(10):
             await mk.introspect(fake.mint_token())
-        connector = mk._client.connector if mk._client else None
-        assert connector is not None
-        assert sum(len(v) for v in connector._conns.values()) == 1  # one idle connection served all ten
+        assert fake.connections_made == 1  # one kept-alive connection served all ten
+        assert fake.connections_open == 1
 
 
 async def test_a_closed_session_refuses_work_and_reopening(fake: FakeMoneyKit) -> None:
@@ -78,10 +80,11 @@ async def test_a_borrowed_session_is_used_and_never_closed(fake: FakeMoneyKit) -
             base_url=fake.base_url, client_id=fake.client_id, client_secret=fake.client_secret, session=http
         ) as mk:
             await mk.introspect()
-            assert mk._client is http
         assert not http.closed
         async with http.get(fake.base_url + INTROSPECT) as resp:  # still usable by its owner
             assert resp.status == 401
+        # The mint, the introspection and the owner's request all went over the borrowed pool's connection.
+        assert fake.connections_made == 1
 
 
 async def test_invalid_tokens_are_refused_before_sending(fake: FakeMoneyKit) -> None:
@@ -130,7 +133,7 @@ async def test_error_answers_become_typed_errors(
     [
         (Fault(status=200, body=b"<html>maintenance</html>", content_type="text/html"), "not JSON"),
         (Fault(status=200, json=[1, 2, 3]), "JSON list"),
-        (Fault(status=200, json={"client_id": "c", "scope": "s", "app": {}}), "$.client_name"),
+        (Fault(status=200, json={"client_id": "c", "client_name": "n", "app": {}}), "$.scope"),
     ],
 )
 async def test_unexpected_success_bodies_are_validation_errors(fake: FakeMoneyKit, fault: Fault, fragment: str) -> None:

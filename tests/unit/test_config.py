@@ -8,6 +8,8 @@ import pytest
 from moneykit_async import ConfigurationError, MoneyKitSession, Timeout
 from moneykit_async._config import resolve_base_url
 
+from ..helpers import ScriptedTransport, json_answer
+
 
 def test_production_is_the_default_base_url() -> None:
     assert MoneyKitSession().base_url == "https://api.moneykit.com/"
@@ -84,9 +86,13 @@ def test_plain_http_elsewhere_needs_the_explicit_opt_out() -> None:
     assert str(url) == "http://moneykit.internal/"
 
 
-def test_scope_may_be_a_list() -> None:
-    session = MoneyKitSession(client_id="a", client_secret="b", scope=["institutions:read", "link:data:read"])
-    assert session._scope == "institutions:read link:data:read"
+async def test_scope_may_be_a_list() -> None:
+    transport = ScriptedTransport(json_answer(201, {"access_token": "t", "token_type": "bearer", "expires_in": 60}))
+    scope = ["institutions:read", "link:data:read"]
+    async with MoneyKitSession(client_id="a", client_secret="b", scope=scope, transport=transport) as mk:
+        await mk.get_access_token()
+    assert transport.sent[0].form == {"grant_type": "client_credentials", "scope": "institutions:read link:data:read"}
+    assert transport.closed
 
 
 def test_timeout_defaults_suit_a_request_path() -> None:

@@ -112,15 +112,24 @@ def test_is_disabled_compares_with_now_or_a_given_moment() -> None:
     assert past.is_disabled(at=datetime(2021, 1, 1, tzinfo=timezone(timedelta(hours=-5))))
 
 
+def test_a_missing_client_name_is_none_not_an_error() -> None:
+    # MoneyKit marks client_name deprecated: an answer without it is still a valid introspection.
+    body = {k: v for k, v in DOC_EXAMPLE.items() if k != "client_name"}
+    details = parse_introspection(200, {}, json.dumps(body).encode())
+    assert details.client_name is None
+    assert details.client_id == DOC_EXAMPLE["client_id"]
+
+
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [
         ({**DOC_EXAMPLE, "client_id": 12345}, "@ $.client_id"),
         ({**DOC_EXAMPLE, "scope": None}, "@ $.scope"),
         (
-            {k: v for k, v in DOC_EXAMPLE.items() if k != "client_name"},
-            "required field missing @ $.client_name",
+            {k: v for k, v in DOC_EXAMPLE.items() if k != "scope"},
+            "required field missing @ $.scope",
         ),
+        ({**DOC_EXAMPLE, "client_name": 7}, "@ $.client_name"),
         (with_app({"app_id": "A1"}), "required field missing @ $.app.name"),
         (with_app({"name": "N"}), "required field missing @ $.app.app_id"),
         (with_app({"app_id": 7, "name": "N"}), "@ $.app.app_id"),

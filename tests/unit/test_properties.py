@@ -100,3 +100,56 @@ def test_retry_delays_stay_within_policy_and_deadline(
     assert retries_done < policy.max_retries
     assert 0.0 <= delay <= max(policy.backoff_max, policy.max_retry_after)
     assert time_left is None or delay < time_left
+
+
+names = st.text(min_size=1, max_size=20)
+app_shapes = st.sampled_from(
+    [
+        lambda i, n: {"app_id": i, "name": n},
+        lambda i, n: {"id": i, "app_name": n},
+        lambda i, n: {"app_id": i, "name": n, "id": i, "app_name": n},
+    ]
+)
+
+
+@settings(max_examples=200)
+@given(
+    client_id=names,
+    client_name=st.none() | names,
+    scope=st.lists(st.text(alphabet="abcdefghijklmnopqrstuvwxyz:_", min_size=1), max_size=5).map(" ".join),
+    app_id=names,
+    app_name=names,
+    shape=app_shapes,
+    disabled_at=st.none() | st.datetimes(timezones=st.timezones()),
+)
+def test_every_valid_introspection_answer_parses_to_its_own_values(
+    client_id: str,
+    client_name: str | None,
+    scope: str,
+    app_id: str,
+    app_name: str,
+    shape: Any,
+    disabled_at: Any,
+) -> None:
+    # The other half of the property above: a parser that always raised would pass that one, not this one.
+    body: dict[str, Any] = {"client_id": client_id, "scope": scope, "app": shape(app_id, app_name)}
+    if client_name is not None:
+        body["client_name"] = client_name
+    if disabled_at is not None:
+        body["disabled_at"] = disabled_at.isoformat()
+    details = parse_introspection(200, CIMultiDict({"Content-Type": "application/json"}), json.dumps(body).encode())
+    assert (details.client_id, details.client_name, details.scope) == (client_id, client_name, scope)
+    assert (details.app.app_id, details.app.name) == (app_id, app_name)
+    assert details.disabled_at == disabled_at
+    assert details.scopes == frozenset(scope.split())
+
+
+@settings(max_examples=100)
+@given(
+    access_token=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._-", min_size=1),
+    expires_in=st.integers(0, 10**7),
+)
+def test_every_valid_token_answer_parses_to_its_own_values(access_token: str, expires_in: int) -> None:
+    body = {"access_token": access_token, "token_type": "bearer", "expires_in": expires_in}
+    token = parse_token(201, CIMultiDict(), json.dumps(body).encode(), obtained_at=5.0)
+    assert (token.access_token, token.expires_in, token.expires_at) == (access_token, expires_in, 5.0 + expires_in)

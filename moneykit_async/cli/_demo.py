@@ -10,8 +10,9 @@ import time
 from collections import Counter
 from typing import TextIO
 
-from ._session import MoneyKitSession
-from .testing import FakeMoneyKit
+from .._session import MoneyKitSession
+from ..testing import FakeMoneyKit
+from ._check import run_check, summary
 
 __all__ = ["run_demo"]
 
@@ -22,8 +23,6 @@ async def run_demo(out: TextIO, *, per_kind: int = 75) -> dict[str, int]:
     It uses the same machinery as `moneykit-async check`: tokens are read as lines and checked with
     `introspect_many`; the summary counts outcomes per kind of token the sandbox was told to make.
     """
-    from ._cli import run_check, summary
-
     async with FakeMoneyKit() as fake:
         other = fake.add_client(client_name="Analytics (Sandbox)", app_name="Analytics", scope="institutions:read")
         print(f"MoneyKit sandbox listening at {fake.base_url} (offline, in-process)", file=out)

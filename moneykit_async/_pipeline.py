@@ -1,0 +1,411 @@
+"""The request pipeline: one authorized call to any MoneyKit endpoint, from send slot to parsed model.
+
+`Pipeline.call(endpoint, ...)` is the one loop every call goes through: pace to the learned rate, wait
+for a free connection, send one attempt through the transport, parse the answer with the endpoint's
+parser, and decide what a failure means (retry, 429 flow control, a session-wide pause). The decisions
+themselves are pure functions elsewhere (`_retry`, `_rate`); this module only sequences them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from yarl import URL
+
+from ._batch import Requeue
+from ._deadline import Deadline
+from ._errors import (
+    RATE_LIMIT_EXCEEDED,
+    APIError,
+    MoneyKitError,
+    RateLimitError,
+    RequestTimeoutError,
+    ServerError,
+    SessionClosedError,
+)
+from ._events import (
+    CallFinished,
+    CallStarted,
+    Event,
+    Hooks,
+    OnEvent,
+    RateChanged,
+    RateLimitPaused,
+    RequestFinished,
+    RequestStarted,
+    RetryScheduled,
+    emit,
+)
+from ._models import fingerprint
+from ._protocol import Endpoint
+from ._rate import RateController, SharedRate
+from ._retry import RetryBudget, RetryPolicy, backoff_delay, retry_delay, session_pause
+from ._transport import CLOSED_IN_FLIGHT, Transport
+
+__all__ = ["MAX_THROTTLED_RETRIES", "Pipeline"]
+
+logger = logging.getLogger("moneykit_async")
+_T = TypeVar("_T")
+
+# Without a deadline (Timeout(total=None)), a call rides out this many 429s, then raises the last one.
+MAX_THROTTLED_RETRIES = 50
+# A shared limiter that failed is left alone this long: this process paces on its own meanwhile.
+SHARED_RETRY = 5.0
+# asyncio may run a timer up to its clock resolution early; the deadline counts as reached within this.
+_TIMER_SLACK = 0.001
+
+
+class Pipeline:
+    """Pacing, attempts, retries, pauses and the retry budget of one session, over one transport."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        base_url: URL,
+        attempt_timeout: float | None,
+        retry: RetryPolicy,
+        rate_limit: float | None,
+        shared: SharedRate | None,
+        namespace: str,
+        store_timeout: float,
+        hooks: Hooks,
+    ) -> None:
+        self.transport = transport
+        self._base_url = base_url
+        self._urls: dict[str, URL] = {}
+        self._attempt = attempt_timeout
+        self.retry = retry
+        self._budget = RetryBudget(retry.budget)
+        self._rng = random.Random()
+        self.rate = RateController(ceiling=rate_limit)
+        self.shared = shared  # a fleet-wide rate (RedisTokenStore(share_rate_limit=True)), or None
+        self._shared_down_until = 0.0
+        self._namespace = namespace  # the rate is shared per client and scope
+        self._store_timeout = store_timeout
+        self._hooks = hooks
+        self._calls = 0  # call ids handed out (only while someone observes events)
+        capacity = transport.capacity
+        # Requests that may hold a pooled connection at once: a call waits here, bounded by its deadline
+        # only, so aiohttp's own pool queue (which Timeout.attempt would count) is never used.
+        self._slots = asyncio.Semaphore(capacity) if capacity is not None else None
+        self.paused_until = 0.0  # loop time before which nothing is sent (persistent 429s, a 503)
+        self._paused_by = 503  # the status that asked for the pause
+        self.loop: asyncio.AbstractEventLoop | None = None  # the loop of the last call
+        self.closed = False
+        self._closing: asyncio.Future[None] | None = None  # done once close() has started
+
+    def url(self, path: str) -> URL:
+        """The absolute URL of an endpoint's `path` (joined once, then reused)."""
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = self._base_url.join(URL(path))
+        return url
+
+    def close(self) -> None:
+        """Stop: calls sleeping out a wait, and every call's next step, raise SessionClosedError."""
+        self.closed = True
+        if self._closing is not None and not self._closing.done():
+            self._closing.set_result(None)
+
+    def call(
+        self,
+        endpoint: Endpoint[_T],
+        headers: dict[str, str],
+        form: dict[str, str] | None,
+        deadline: Deadline,
+        subject: str | None = None,
+        flow: bool = False,
+    ) -> Coroutine[Any, Any, _T]:
+        """One API call: pacing, attempts, retry decisions, pauses and the retry budget.
+
+        `subject` is the token the call is about (only its fingerprint is ever reported). A 429 is flow
+        control: it cuts the session's send rate and is retried no sooner than its Retry-After, within
+        the deadline, without spending retries or the budget; with `flow` (a batch, which requeues the
+        token and moves on) it is raised at once instead. A plain function: an unobserved call awaits
+        the loop itself, one frame less than a wrapper would cost.
+        """
+        hook = self._hooks.hook
+        if hook is None:
+            return self._attempts(endpoint, headers, form, deadline, subject, flow, None, 0)
+        return self._observed(hook, endpoint, headers, form, deadline, subject, flow)
+
+    async def _observed(
+        self,
+        hook: OnEvent,
+        endpoint: Endpoint[_T],
+        headers: dict[str, str],
+        form: dict[str, str] | None,
+        deadline: Deadline,
+        subject: str | None,
+        flow: bool,
+    ) -> _T:
+        """`_attempts` between a CallStarted and a CallFinished event (the latter on every exit)."""
+        self._calls += 1
+        call_id = self._calls
+        path = self.url(endpoint.path).path
+        attempts = 0
+
+        def counting(event: Event) -> None:
+            nonlocal attempts
+            if type(event) is RequestStarted:
+                attempts += 1
+            hook(event)
+
+        tag = None if subject is None else fingerprint(subject)
+        emit(hook, CallStarted(endpoint.method, path, call_id, tag))
+        started = deadline.loop.time()
+        error: str | None = None
+        try:
+            return await self._attempts(endpoint, headers, form, deadline, subject, flow, counting, call_id)
+        except BaseException as exc:
+            error = type(exc).__name__
+            raise
+        finally:
+            elapsed = deadline.loop.time() - started
+            emit(hook, CallFinished(endpoint.method, path, call_id, attempts, elapsed, error, tag))
+
+    async def _attempts(
+        self,
+        endpoint: Endpoint[_T],
+        headers: dict[str, str],
+        form: dict[str, str] | None,
+        deadline: Deadline,
+        subject: str | None,
+        flow: bool,
+        hook: OnEvent | None,
+        call_id: int,
+    ) -> _T:
+        transport = self.transport
+        loop = self.loop = deadline.loop  # bound by the transport when the deadline was set
+        url = self._urls.get(endpoint.path) or self.url(endpoint.path)
+        method, label, parse = endpoint.method, endpoint.label, endpoint.parse
+        at = deadline.at
+        attempt_limit = self._attempt
+        tag = fingerprint(subject) if hook is not None and subject is not None else None
+        started = 0.0
+        retries = 0  # of failures: bounded by max_retries and the budget
+        attempt = 0  # every attempt, throttled ones included
+        throttles = 0
+        slots = self._slots
+        rate = self.rate
+        shared = self.shared
+        fleet_generation: int | None = None
+        while True:
+            if self.closed:
+                raise SessionClosedError(CLOSED_IN_FLIGHT)
+            if self.paused_until > loop.time():
+                await self._wait_out_pause(deadline)
+            generation = rate.cuts  # the rate's generation: answers to older ones do not cut it again
+            horizon = math.inf if at is None else at - loop.time()
+            fleet = None if shared is None else await self._reserve_shared(shared, horizon, deadline)
+            if fleet is not None:
+                fleet_generation, wait = fleet
+            else:  # this process's own schedule (0 until the first throttle: nothing is paced)
+                fleet_generation = None
+                wait = rate.reserve(loop.time(), horizon)
+            if wait:
+                if wait >= horizon:  # not booked: the slot would come after the deadline
+                    if flow:
+                        raise Requeue(wait)  # a batch sends the token when its slot comes, not before
+                    raise _paced_out(wait)
+                await self.sleep(wait)
+            if slots is not None:
+                if slots.locked():  # every connection is busy: wait for one, bounded by the deadline only
+                    await deadline.bound(slots.acquire())
+                else:
+                    await slots.acquire()  # free: returns at once
+            # The attempt is bounded by Timeout.attempt or the call's deadline, whichever comes first.
+            limit = attempt_limit
+            by_deadline = False
+            if at is not None:
+                remaining = at - loop.time()
+                if attempt_limit is None or remaining < attempt_limit:
+                    if remaining <= 0:
+                        if slots is not None:
+                            slots.release()
+                        raise deadline.error()
+                    limit = remaining
+                    by_deadline = True
+            attempt += 1
+            if hook is not None:
+                started = loop.time()
+                emit(hook, RequestStarted(method, url.path, attempt, tag, call_id))
+            try:
+                try:
+                    status, response_headers, body = await transport.send(method, url, headers, form, limit)
+                except RequestTimeoutError:
+                    # The attempt's timer was the call's deadline (not a connect timeout, which ends sooner).
+                    if by_deadline and at is not None and loop.time() >= at - _TIMER_SLACK:
+                        raise deadline.error() from None
+                    raise
+                finally:
+                    if slots is not None:
+                        slots.release()
+                result = parse(status, response_headers, body)
+            except MoneyKitError as error:
+                if hook is not None:
+                    emit(
+                        hook,
+                        RequestFinished(
+                            method,
+                            url.path,
+                            attempt,
+                            getattr(error, "status", None),
+                            loop.time() - started,
+                            type(error).__name__,
+                            tag,
+                            call_id,
+                        ),
+                    )
+                time_left = deadline.left()
+                if isinstance(error, RateLimitError):
+                    if shared is not None and fleet_generation is not None:
+                        shared.report(fleet_generation, accepted=False)
+                    delay = self._on_throttle(error, generation, throttles, loop.time())
+                    time_left = deadline.left()
+                    if (
+                        flow
+                        or delay is None
+                        or not self.retry.max_retries  # retrying switched off: off for 429s too
+                        or (time_left is not None and delay >= time_left)
+                        or (time_left is None and throttles >= MAX_THROTTLED_RETRIES)  # no deadline to end them
+                    ):
+                        error.retries_taken = retries
+                        raise
+                    throttles += 1
+                else:
+                    if isinstance(error, APIError) and error.status < 500:  # an answer, and not a throttle
+                        self._accepted(generation, fleet_generation, loop.time())
+                    delay = retry_delay(self.retry, error, retries, time_left, self._rng)
+                    if delay is not None and not self._budget.try_spend():
+                        logger.debug("not retrying %s: the session's retry budget is spent", label)
+                        delay = None
+                    pause = session_pause(self.retry, error)
+                    if pause is not None:
+                        self._pause(pause, loop.time(), getattr(error, "status", 503))
+                    if delay is None:
+                        error.retries_taken = retries
+                        raise
+                    retries += 1
+                reason = _reason(error)
+                if hook is not None:
+                    emit(hook, RetryScheduled(method, url.path, attempt, delay, reason, tag, call_id))
+                logger.debug("retrying %s (attempt %d) in %.3f s after %s", label, attempt + 1, delay, reason)
+                await self.sleep(delay)
+                continue
+            self._accepted(generation, fleet_generation, loop.time())
+            if hook is not None:
+                emit(
+                    hook, RequestFinished(method, url.path, attempt, status, loop.time() - started, None, tag, call_id)
+                )
+            self._budget.record_success()
+            return result
+
+    def _accepted(self, generation: int, fleet_generation: int | None, now: float) -> None:
+        """MoneyKit answered (not with a 429): the rate controller and the fleet's limiter hear of it."""
+        cut = self.rate.accepted(generation, now)
+        if cut is not None:
+            self._rate_changed(cut)
+        if fleet_generation is not None and self.shared is not None:
+            self.shared.report(fleet_generation, accepted=True)
+
+    def _on_throttle(self, error: RateLimitError, generation: int, throttles: int, now: float) -> float | None:
+        """Teach the rate controller about a 429; the wait before its retry, or None to give up."""
+        decision = self.rate.refused(generation, now)
+        if decision.cut is not None:
+            self._rate_changed(decision.cut)
+        retry_after = error.retry_after
+        if retry_after is not None and retry_after > self.retry.max_retry_after:
+            self._pause(self.retry.max_retry_after, now, 429)  # obeyed as far as we may, for everyone
+            return None
+        # Retried no sooner than MoneyKit asked; without a Retry-After, the paced schedule spaces it.
+        wait = retry_after if retry_after is not None else 0.0
+        if decision.pause:  # throttled even at a reduced rate: everyone stops for the wait
+            self._pause(wait or backoff_delay(self.retry, throttles, self._rng), now, 429)
+        return wait
+
+    async def _reserve_shared(self, shared: SharedRate, horizon: float, deadline: Deadline) -> tuple[int, float] | None:
+        """A slot in the fleet's schedule (not booked beyond `horizon`), or None when the limiter fails:
+        this process then paces on its own for a while. The round trip is bounded by the call's deadline."""
+        loop = self.transport.bind()
+        now = loop.time()
+        if now < self._shared_down_until:
+            return None
+        bound = now + self._store_timeout
+        try:
+            async with asyncio.timeout_at(bound if deadline.at is None else min(bound, deadline.at)):
+                return await shared.reserve(self._namespace, self.rate.ceiling, horizon)
+        except Exception as exc:  # noqa: BLE001 - a broken limiter must never become a MoneyKit outage
+            logger.warning(
+                "the shared rate limiter failed (%s); pacing this process alone for %.0f s",
+                type(exc).__name__,
+                SHARED_RETRY,
+            )
+            self._shared_down_until = loop.time() + SHARED_RETRY
+            return None
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep `seconds`, unless close() runs first: then SessionClosedError, at once."""
+        closing = self._closing
+        if closing is None:
+            closing = self._closing = self.transport.bind().create_future()
+        await asyncio.wait((closing,), timeout=seconds)
+        if self.closed:
+            raise SessionClosedError(CLOSED_IN_FLIGHT)
+
+    async def until_unpaused(self) -> None:
+        """Wait out a session-wide pause, however long (a batch: its tokens' deadlines start after it)."""
+        loop = self.transport.bind()
+        # A loop, not an Event: a new 429 may push the pause further while we sleep.
+        while (wait := self.paused_until - loop.time()) > 0:
+            await self.sleep(wait)
+
+    def _pause(self, seconds: float, now: float, status: int = 503) -> None:
+        until = now + seconds
+        if until > self.paused_until:
+            self.paused_until = until
+            self._paused_by = status
+            if self._hooks.hook is not None:
+                emit(self._hooks.hook, RateLimitPaused(seconds))
+
+    def _rate_changed(self, rate: float) -> None:
+        logger.debug("MoneyKit throttled this session: sending at most %.1f requests/s", rate)
+        if self._hooks.hook is not None:
+            emit(self._hooks.hook, RateChanged(rate, self.rate.throttled))
+
+    async def _wait_out_pause(self, deadline: Deadline) -> None:
+        wait = self.paused_until - self.transport.bind().time()
+        left = deadline.left()
+        if left is not None and wait >= left:
+            # Fail fast rather than hold a request path for a wait it cannot afford (a batch waits instead),
+            # with the kind of error that caused the pause: overload (503) or persistent throttling (429).
+            message = "MoneyKit asked this session to pause longer than this call's deadline allows"
+            if self._paused_by == 429:
+                raise RateLimitError(
+                    status=429, error_code=RATE_LIMIT_EXCEEDED, error_message=message, retry_after=wait
+                )
+            raise ServerError(status=self._paused_by, error_message=message, retry_after=wait)
+        logger.debug("waiting %.3f s: MoneyKit paused this session", wait)
+        await self.sleep(wait)
+
+
+def _paced_out(wait: float) -> RateLimitError:
+    return RateLimitError(
+        status=429,
+        error_code=RATE_LIMIT_EXCEEDED,
+        error_message="this session's send rate, learned from MoneyKit's 429s, leaves no slot for this call "
+        "before its deadline; raise Timeout(total=...) or send fewer requests",
+        retry_after=wait,
+    )
+
+
+def _reason(error: MoneyKitError) -> str:
+    if isinstance(error, APIError):
+        return f"HTTP {error.status} {error.error_code or type(error).__name__}"
+    return type(error).__name__

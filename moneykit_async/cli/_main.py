@@ -1,0 +1,175 @@
+"""The argument parser and the entry point of `moneykit-async`; `introspect` lives here, the other
+commands in their own modules."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from .._errors import ClientDisabledError, MoneyKitError, UsageError
+from .._models import fingerprint
+from .._records import details_json
+from .._session import MoneyKitSession
+from .._version import __version__
+from ._check import DEFAULT_ARQ_TIMEOUT, DEFAULT_CHUNK_BYTES, DEFAULT_CONCURRENCY, cmd_check
+from ._demo import run_demo
+from ._exit import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_USAGE, exit_code_for
+from ._input import token_from_stdin
+from ._sandbox import add_parser as add_sandbox_parser
+from ._sandbox import run as run_sandbox
+from ._sandbox import validate as validate_sandbox
+
+__all__ = ["build_parser", "main"]
+
+
+async def cmd_introspect(args: argparse.Namespace, out: TextIO, token: str | None = None) -> int:
+    """Print the details of `token` (default: args.token; None: the client's own) as JSON.
+
+    A token whose client is disabled prints its details, then raises ClientDisabledError (status 1).
+    """
+    if token is None:
+        token = args.token
+    async with MoneyKitSession(base_url=args.base_url) as mk:
+        details = await mk.introspect(token)
+    data = details_json(details)
+    data["fingerprint"] = fingerprint(token) if token else None
+    out.write(json.dumps(data, indent=2) + "\n")
+    if details.is_disabled():
+        raise ClientDisabledError(details.disabled_at)
+    return EXIT_OK
+
+
+async def cmd_demo(out: TextIO) -> int:
+    await run_demo(out)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moneykit-async",
+        description="Check MoneyKit access tokens from the shell (asyncio SDK for the MoneyKit API).",
+        epilog="Credentials: MONEYKIT_CLIENT_ID and MONEYKIT_CLIENT_SECRET (or MONEYKIT_ACCESS_TOKEN); "
+        "API root: MONEYKIT_BASE_URL or --base-url.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the SDK does (retries, refreshes)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    introspect = commands.add_parser(
+        "introspect",
+        help="print the details of a token as JSON",
+        description="Print the details of a token as JSON. Pass the token on standard input: "
+        "printf '%s\\n' \"$TOKEN\" | moneykit-async introspect -",
+    )
+    introspect.add_argument(
+        "token",
+        nargs="?",
+        metavar="-",
+        help="- to read the token from standard input (first non-blank line); without it, the configured "
+        "client's own token. A token given here instead is visible to other users (ps, shell history)",
+    )
+    introspect.add_argument("--base-url", help="API root (default: $MONEYKIT_BASE_URL or production)")
+
+    check = commands.add_parser("check", help="check one token per line; JSON Lines on stdout, summary on stderr")
+    check.add_argument("file", nargs="?", default="-", help="file of tokens, or - for standard input (default)")
+    check.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        help=f"requests in flight at most (default {DEFAULT_CONCURRENCY})",
+    )
+    check.add_argument("--base-url", help="API root (default: $MONEYKIT_BASE_URL or production)")
+    check.add_argument(
+        "--arq",
+        metavar="REDIS_URL",
+        help="spread the check over arq workers (arq moneykit_async.contrib.arq.WorkerSettings) on this Redis",
+    )
+    check.add_argument("--out-dir", help="with --arq: where workers write chunk results (default: FILE.results/)")
+    check.add_argument(
+        "--chunk-bytes",
+        type=int,
+        default=DEFAULT_CHUNK_BYTES,
+        help=f"with --arq: bytes of the file per job (default {DEFAULT_CHUNK_BYTES})",
+    )
+    check.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_ARQ_TIMEOUT,
+        metavar="SECONDS",
+        help=f"with --arq: give up after this long, saying how many chunks were not finished "
+        f"(default {DEFAULT_ARQ_TIMEOUT:g})",
+    )
+
+    add_sandbox_parser(commands)
+    commands.add_parser("demo", help="run the SDK end to end against the built-in offline sandbox")
+    return parser
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Refuse option values that cannot work, with one line that says what to pass instead."""
+    if args.command == "sandbox":
+        validate_sandbox(args)
+    if args.command != "check":
+        return
+    if args.concurrency < 1:
+        raise UsageError(f"--concurrency must be at least 1 (got {args.concurrency}; default {DEFAULT_CONCURRENCY})")
+    if args.chunk_bytes < 1:
+        raise UsageError(
+            f"--chunk-bytes must be a positive number of bytes (got {args.chunk_bytes}; default {DEFAULT_CHUNK_BYTES})"
+        )
+    if not args.timeout > 0:  # also NaN
+        raise UsageError(
+            f"--timeout must be a number of seconds above 0 (got {args.timeout:g}; default {DEFAULT_ARQ_TIMEOUT:g})"
+        )
+
+
+def _discard_stdout() -> None:
+    """After a broken pipe: send what is left of stdout to /dev/null, so the flush at exit cannot fail
+    (Python's "Exception ignored ... BrokenPipeError"), as the signal module's documentation advises."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out, err = sys.stdout, sys.stderr
+    if args.verbose:
+        logging.basicConfig(level=logging.DEBUG, stream=err, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        validate(args)
+        if args.command == "introspect":
+            token = token_from_stdin() if args.token == "-" else args.token
+            code = asyncio.run(cmd_introspect(args, out, token))
+        elif args.command == "check":
+            code = asyncio.run(cmd_check(args, out, err))
+        elif args.command == "sandbox":
+            code = run_sandbox(args, out, err)
+        else:
+            code = asyncio.run(cmd_demo(out))
+        out.flush()  # here, not at exit: a reader that left early must be noticed (see below)
+        return code
+    except MoneyKitError as exc:
+        err.write(f"moneykit-async: {type(exc).__name__}: {exc}\n")
+        if args.command == "check":
+            return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_INVALID
+        return exit_code_for(exc)
+    except KeyboardInterrupt:
+        err.write("moneykit-async: interrupted\n")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `| head`: the reader left
+        _discard_stdout()
+        if args.command == "check":  # not every result reached the reader: not a clean "all valid"
+            err.write("moneykit-async: the output was closed before every result was written\n")
+            return EXIT_INVALID
+        return EXIT_OK

@@ -1,0 +1,361 @@
+"""`moneykit-async sandbox`: run the offline sandbox (a FakeMoneyKit), and drive a running one through its
+admin API (`/_sandbox/`) from the shell: mint, revoke, expire, disable, fault, clear-faults, add-client,
+requests.
+
+A running sandbox is found by `--base-url`, else `--state-file PATH` (written by `sandbox --state-file PATH`),
+else `$MONEYKIT_BASE_URL`. Sandbox tokens and secrets are printed: that is what they are for, and they are
+valid only in that sandbox.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import json
+import os
+import signal
+import tempfile
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+import aiohttp
+from yarl import URL
+
+from .._errors import InvalidInputError, TransportError, UsageError
+from .._models import fingerprint
+from ..testing import ADMIN_PREFIX, FakeMoneyKit
+from ._exit import EXIT_OK
+from ._input import token_from_stdin
+
+__all__ = ["add_parser", "run", "validate"]
+
+ADMIN_TIMEOUT = 30.0  # seconds for one admin call: a local server answers at once, a wrong host fails slowly
+
+
+# -- command line ----------------------------------------------------------------------------------
+
+
+def _serve_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    # `sandbox --port N` and `sandbox serve --port N` both work; the subcommand's options default to
+    # SUPPRESS so that they do not overwrite what was given before the subcommand.
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument("--port", type=int, default=default(0), help="port to listen on (default: a free one)")
+    parser.add_argument(
+        "--host",
+        default=default("127.0.0.1"),
+        help="address to listen on (default 127.0.0.1; the admin API lets anyone who reaches it mint tokens)",
+    )
+    parser.add_argument(
+        "--state-file",
+        metavar="PATH",
+        default=default(None),
+        help="write base_url, client_id and client_secret there as JSON (mode 0600) while running, "
+        "for `sandbox mint --state-file PATH` and code in other languages",
+    )
+    parser.add_argument(
+        "--token-lifetime",
+        type=int,
+        metavar="SECONDS",
+        default=default(3600),
+        help="expires_in of the tokens it issues (default 3600)",
+    )
+    parser.add_argument(
+        "--no-admin",
+        dest="admin",
+        action="store_false",
+        default=default(True),
+        help=f"do not serve the admin API under {ADMIN_PREFIX}",
+    )
+
+
+def _target_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--base-url", help="the running sandbox (default: from --state-file, else $MONEYKIT_BASE_URL)")
+    common.add_argument("--state-file", dest="state_in", metavar="PATH", help="the file `sandbox --state-file` wrote")
+    return common
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `sandbox` and its subcommands to the top-level parser's `commands`."""
+    sandbox = commands.add_parser(
+        "sandbox",
+        help="run the offline MoneyKit sandbox, or script a running one (mint, revoke, fault, ...)",
+        description="Without a subcommand (or with `serve`): run the offline MoneyKit sandbox in the foreground, "
+        f"with its admin API under {ADMIN_PREFIX}. The other subcommands drive a running sandbox.",
+    )
+    _serve_options(sandbox, defaults=True)
+    actions = sandbox.add_subparsers(dest="sandbox_command", metavar="SUBCOMMAND")
+    _serve_options(actions.add_parser("serve", help="run the sandbox (the default)"), defaults=False)
+    common = _target_options()
+
+    mint = actions.add_parser("mint", parents=[common], help="issue a token; prints it (or JSON with --json)")
+    mint.add_argument("--client-id", help="whose token (default: the demo client)")
+    mint.add_argument("--scope", help="its scope (default: the client's)")
+    mint.add_argument("--expires-in", type=int, metavar="SECONDS", help="its lifetime (default: the sandbox's)")
+    mint.add_argument("--json", action="store_true", help="print {access_token, token_type, expires_in}")
+
+    for name, what in (("revoke", "revoke a token (introspection then answers 401)"), ("expire", "expire a token")):
+        command = actions.add_parser(name, parents=[common], help=what)
+        command.add_argument("token", nargs="?", default="-", help="the token, or - to read it from stdin (default)")
+
+    disable = actions.add_parser("disable", parents=[common], help="disable a client from now on")
+    disable.add_argument("--client-id", help="which client (default: the demo client)")
+
+    fault = actions.add_parser("fault", parents=[common], help="script the next answers: an error status, a delay")
+    fault.add_argument("--status", type=int, help="answer this HTTP status (with a MoneyKit error body)")
+    fault.add_argument("--error-code", help="the body's error_code (default: MoneyKit's for the status)")
+    fault.add_argument("--message", help="the body's error_message")
+    fault.add_argument("--retry-after", type=float, metavar="SECONDS", help="send a Retry-After header")
+    fault.add_argument("--delay", type=float, metavar="SECONDS", help="wait this long before answering")
+    fault.add_argument("--disconnect", action="store_true", help="drop the connection instead of answering")
+    fault.add_argument("--times", type=int, default=1, help="for the next N requests (default 1)")
+    fault.add_argument("--path", help="only requests to this path, e.g. /auth/introspect (default: any)")
+
+    actions.add_parser("clear-faults", parents=[common], help="forget the scripted answers not used yet")
+
+    client = actions.add_parser("add-client", parents=[common], help="register a client; prints it as JSON")
+    client.add_argument("--client-id", help="its id (default: generated)")
+    client.add_argument("--scope", help="its scope (default: the demo client's)")
+    client.add_argument("--client-name", help="its (deprecated) friendly name")
+    client.add_argument("--app-name", help="its app's name")
+
+    actions.add_parser("requests", parents=[common], help="the requests it received, as JSON Lines (redacted)")
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Refuse option values that cannot work, with one line that says what to pass instead."""
+    command = args.sandbox_command or "serve"
+    if command == "serve":
+        if not 0 <= args.port <= 65535:
+            raise UsageError(f"--port must be from 0 (a free port) to 65535 (got {args.port})")
+        if args.token_lifetime < 1:
+            raise UsageError(f"--token-lifetime must be at least 1 second (got {args.token_lifetime})")
+    elif command == "fault":
+        if args.status is None and not args.delay and not args.disconnect:
+            raise UsageError("sandbox fault needs --status N, --delay SECONDS or --disconnect")
+        if args.times < 1:
+            raise UsageError(f"--times must be at least 1 (got {args.times})")
+
+
+def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Run `sandbox [SUBCOMMAND]`; returns the exit status (errors are raised as MoneyKitError)."""
+    command = args.sandbox_command or "serve"
+    if command == "serve":
+        return asyncio.run(serve(args, out, err))
+    token = None
+    if command in ("revoke", "expire"):
+        token = token_from_stdin(f"sandbox {command}") if args.token == "-" else args.token
+    return asyncio.run(_client_command(command, args, out, token))
+
+
+# -- serving ---------------------------------------------------------------------------------------
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def write_state(path: str, state: Mapping[str, Any]) -> None:
+    """Write `state` as JSON to `path`, readable by its owner only, atomically (a reader never sees half)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=".moneykit-sandbox-", dir=directory)  # mode 0600
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as stream:
+                json.dump(state, stream, indent=2)
+                stream.write("\n")
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+    except OSError as exc:
+        raise UsageError(f"cannot write the --state-file {path}: {exc.strerror or exc}") from None
+
+
+async def serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Run the sandbox until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # first: a signal sent once anything is printed stops cleanly
+        loop.add_signal_handler(sig, stop.set)
+    async with FakeMoneyKit(
+        host=args.host, port=args.port, token_lifetime=args.token_lifetime, admin=args.admin
+    ) as fake:
+        admin_url = fake.base_url + ADMIN_PREFIX if args.admin else None
+        if admin_url and not _is_loopback(args.host):
+            err.write(
+                f"moneykit-async: warning: anyone who can reach {admin_url} can mint tokens and script faults; "
+                "pass --no-admin or --host 127.0.0.1 to prevent it\n"
+            )
+        state = {
+            "base_url": fake.base_url,
+            "client_id": fake.client_id,
+            "client_secret": fake.client_secret,
+            "admin_url": admin_url,
+            "pid": os.getpid(),
+        }
+        if args.state_file:
+            write_state(args.state_file, state)
+        try:
+            out.write(
+                f"MoneyKit sandbox (offline) listening at {fake.base_url}\n"
+                + (
+                    f"Admin API at {admin_url} (mint, revoke, expire, disable, faults: moneykit-async sandbox --help)\n"
+                    if admin_url
+                    else ""
+                )
+                + f"export MONEYKIT_BASE_URL={fake.base_url}\n"
+                f"export MONEYKIT_CLIENT_ID={fake.client_id}\n"
+                f"export MONEYKIT_CLIENT_SECRET={fake.client_secret}   # a sandbox secret, valid only here\n"
+                + (f"State file: {args.state_file} (removed on exit)\n" if args.state_file else "")
+                + "Press Ctrl-C to stop.\n"
+            )
+            out.flush()
+            await stop.wait()
+        finally:
+            if args.state_file:
+                with contextlib.suppress(OSError):
+                    os.unlink(args.state_file)
+    out.write("sandbox stopped\n")
+    return EXIT_OK
+
+
+# -- driving a running sandbox ---------------------------------------------------------------------
+
+
+def sandbox_url(args: argparse.Namespace) -> str:
+    """The running sandbox's base URL: --base-url, else the --state-file's, else $MONEYKIT_BASE_URL."""
+    if args.base_url:
+        return str(args.base_url)
+    if args.state_in:
+        try:
+            with open(args.state_in, encoding="utf-8") as stream:
+                state = json.load(stream)
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not JSON"
+            raise UsageError(
+                f"cannot read the --state-file {args.state_in}: {reason}; "
+                "it is written by `moneykit-async sandbox --state-file PATH` while the sandbox runs"
+            ) from None
+        base_url = state.get("base_url") if isinstance(state, dict) else None
+        if not isinstance(base_url, str):
+            raise UsageError(f"the --state-file {args.state_in} has no base_url; pass --base-url URL instead")
+        return base_url
+    env = os.environ.get("MONEYKIT_BASE_URL")
+    if env:
+        return env
+    raise UsageError(
+        "which sandbox? pass --base-url URL or --state-file PATH (written by `moneykit-async sandbox "
+        "--state-file PATH`), or set MONEYKIT_BASE_URL"
+    )
+
+
+async def admin_call(base_url: str, method: str, path: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One call to the admin API of the sandbox at `base_url`; its JSON answer, or a MoneyKitError that
+    says what to do."""
+    try:
+        url = URL(base_url)
+    except ValueError:
+        raise UsageError(
+            f"--base-url must be an http(s) URL such as http://127.0.0.1:8765 (got {base_url!r})"
+        ) from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise UsageError(f"--base-url must be an http(s) URL such as http://127.0.0.1:8765 (got {base_url!r})")
+    shown = str(url.with_user(None).with_query(None).with_fragment(None))
+    target = URL(str(url.with_query(None).with_fragment(None)).rstrip("/") + ADMIN_PREFIX + path)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=ADMIN_TIMEOUT)) as http,
+            http.request(method, target, json=body) as response,
+        ):
+            status, raw = response.status, await response.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        reason = "no answer within 30 s" if isinstance(exc, TimeoutError) else type(exc).__name__
+        raise TransportError(
+            f"cannot reach the sandbox at {shown} ({reason}); start one with `moneykit-async sandbox` "
+            "or pass the right --base-url"
+        ) from None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise UsageError(
+            f"{shown} did not answer as a moneykit-async sandbox (HTTP {status} on {ADMIN_PREFIX}{path}); "
+            "point --base-url at one started by `moneykit-async sandbox` (without --no-admin)"
+        )
+    if status >= 400:
+        code, message = data.get("error_code"), data.get("error_message")
+        if isinstance(code, str) and code.startswith("sandbox_error.") and isinstance(message, str):
+            raise InvalidInputError(f"the sandbox refused: {message}")
+        raise UsageError(
+            f"{shown} did not answer as a moneykit-async sandbox (HTTP {status} on {ADMIN_PREFIX}{path}); "
+            "point --base-url at one started by `moneykit-async sandbox` (without --no-admin)"
+        )
+    return data
+
+
+def _given(**fields: Any) -> dict[str, Any]:
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+async def _client_command(command: str, args: argparse.Namespace, out: TextIO, token: str | None) -> int:
+    base_url = sandbox_url(args)
+    if command == "mint":
+        minted = await admin_call(
+            base_url,
+            "POST",
+            "tokens",
+            _given(client_id=args.client_id, scope=args.scope, expires_in=args.expires_in),
+        )
+        out.write((json.dumps(minted) if args.json else str(minted["access_token"])) + "\n")
+    elif command in ("revoke", "expire"):
+        assert token is not None
+        await admin_call(base_url, "POST", f"tokens/{command}", {"access_token": token})
+        out.write(f"{command}d the token with fingerprint {fingerprint(token)}\n")
+    elif command == "disable":
+        client = await admin_call(base_url, "POST", "clients/disable", _given(client_id=args.client_id))
+        out.write(f"disabled client {client['client_id']} from {client['disabled_at']}\n")
+    elif command == "fault":
+        queued = await admin_call(
+            base_url,
+            "POST",
+            "faults",
+            _given(
+                status=args.status,
+                error_code=args.error_code,
+                error_message=args.message,
+                retry_after=args.retry_after,
+                delay=args.delay,
+                disconnect=args.disconnect or None,
+                times=args.times,
+                path=args.path,
+            ),
+        )
+        out.write(f"queued {queued['queued']} fault(s) for {args.path or 'any API path'}\n")
+    elif command == "clear-faults":
+        cleared = await admin_call(base_url, "DELETE", "faults")
+        out.write(f"cleared {cleared['cleared']} queued fault(s)\n")
+    elif command == "add-client":
+        client = await admin_call(
+            base_url,
+            "POST",
+            "clients",
+            _given(client_id=args.client_id, scope=args.scope, client_name=args.client_name, app_name=args.app_name),
+        )
+        out.write(json.dumps(client) + "\n")
+    else:  # requests
+        recorded = await admin_call(base_url, "GET", "requests")
+        for request in recorded["requests"]:
+            out.write(json.dumps(request) + "\n")
+    return EXIT_OK

@@ -1,0 +1,282 @@
+"""RFC 6750 decisions shared by the web integrations (aiohttp.web, Starlette, FastAPI). Pure: no I/O.
+
+An integration reads the request's Authorization header(s) with `parse_authorization`, introspects the
+token, and turns the outcome into a `Decision` with `authorize` (details + required scopes) or `deny`
+(the exception `introspect` raised); `decide` does both. A Decision says the status, the
+`WWW-Authenticate` challenge and the JSON body, so every integration answers alike:
+
+    request                                         status  WWW-Authenticate (realm="api" shown)
+    ----------------------------------------------  ------  ----------------------------------------------
+    no Authorization header, or another scheme       401    Bearer realm="api"       (RFC 6750 §3.1: no error
+                                                                                      code without a token)
+    malformed: "Bearer" without a token, a token      400    Bearer realm="api", error="invalid_request", ...
+      outside RFC 6750's b64token, two headers
+    AuthenticationError (unknown or revoked token)    401    ..., error="invalid_token", error_description=...
+    ExpiredAccessTokenError                           401    ..., error="invalid_token"
+    PermissionDeniedError (MoneyKit refused it)       401    ..., error="invalid_token"
+    client disabled (details.is_disabled(), or a      401    ..., error="invalid_token"
+      ClientDisabledError)
+    InvalidInputError (unsendable token)              400    ..., error="invalid_request"
+    valid, but lacking a required scope               403    ..., error="insufficient_scope", scope="a b"
+    RateLimitError, ServerError (with Retry-After     503    none; Retry-After: n when MoneyKit gave one
+      when MoneyKit sent one), other APIError,
+      TransportError, RequestTimeoutError,
+      SessionClosedError, ResponseValidationError,
+      TokenRefreshError, any other MoneyKitError
+    ConfigurationError / other UsageError, any        500    none (a bug or misconfiguration of the
+      exception that is not a MoneyKitError                   service; never authorized)
+    valid, every required scope                       200    (the handler runs)
+
+Nothing but a successful introspection with every required scope, of a client that is not disabled,
+is ever allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+
+import attrs
+
+from moneykit_async import (
+    AccessTokenDetails,
+    APIError,
+    AuthenticationError,
+    ClientDisabledError,
+    ExpiredAccessTokenError,
+    IntrospectionCache,
+    InvalidInputError,
+    MoneyKitError,
+    MoneyKitSession,
+    PermissionDeniedError,
+    RateLimitError,
+    ServerError,
+    SessionClosedError,
+    TokenRefreshError,
+    UsageError,
+)
+
+__all__ = [
+    "DEFAULT_REALM",
+    "MAX_RETRY_AFTER",
+    "MISSING_TOKEN",
+    "Decision",
+    "SessionSource",
+    "authorize",
+    "challenge",
+    "check_realm",
+    "check_scopes",
+    "decide",
+    "deny",
+    "open_session",
+    "parse_authorization",
+]
+
+DEFAULT_REALM = "api"
+# A Retry-After we pass on to our own clients is capped: the session itself never pauses longer than its
+# RetryPolicy.max_retry_after (30 s by default), so a longer wait would only delay them.
+MAX_RETRY_AFTER = 60
+
+# RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+# RFC 7235 §2.1 credentials = auth-scheme [ 1*SP ( token68 / #auth-param ) ]; the scheme is a token.
+_CREDENTIALS = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+)(?: +(.*))?", re.DOTALL)
+# RFC 6750 §3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ); error_description uses the same set plus SP.
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+_DESCRIPTION = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
+
+SessionSource = MoneyKitSession | Callable[[], MoneyKitSession] | None
+
+
+@attrs.frozen
+class Decision:
+    """What to answer: `status` (200: let the request through), the RFC 6750 `error` code of the
+    challenge (None: none, as for a request without a token), a human `description`, the required
+    `scope` (for insufficient_scope), a `retry_after` in whole seconds (503), and on 200 the `details`."""
+
+    status: int
+    error: str | None = None
+    description: str = ""
+    scope: tuple[str, ...] = ()
+    retry_after: int | None = None
+    details: AccessTokenDetails | None = attrs.field(default=None, repr=False)
+
+    @property
+    def allowed(self) -> bool:
+        return self.status == 200 and self.details is not None
+
+    def headers(self, realm: str | None = DEFAULT_REALM) -> dict[str, str]:
+        """The response headers: the Bearer challenge on 400/401/403, Retry-After on a 503 that has one."""
+        if self.status in (400, 401, 403):
+            return {"WWW-Authenticate": challenge(realm, self.error, self.description, self.scope)}
+        if self.retry_after is not None:
+            return {"Retry-After": str(self.retry_after)}
+        return {}
+
+    def body(self) -> dict[str, str]:
+        """A JSON body in OAuth's vocabulary: `error` (absent without a code), `error_description`, `scope`."""
+        body: dict[str, str] = {}
+        code = self.error
+        if code is None and self.status == 503:
+            code = "temporarily_unavailable"  # RFC 6749 §4.1.2.1's name for it; body only
+        elif code is None and self.status == 500:
+            code = "server_error"
+        if code is not None:
+            body["error"] = code
+        body["error_description"] = self.description
+        if self.scope:
+            body["scope"] = " ".join(self.scope)
+        return body
+
+
+MISSING_TOKEN = Decision(401, description="this resource needs a bearer token: Authorization: Bearer <token>")
+_MALFORMED = "the Authorization header is not a valid bearer token (RFC 6750: Bearer followed by one token)"
+
+
+def parse_authorization(values: Sequence[str]) -> str | Decision | None:
+    """The bearer token in a request's Authorization header values (all of them, as the request has them).
+
+    None: no bearer credentials (no header, an empty one, or another scheme such as Basic), which RFC 6750
+    answers without an error code (`MISSING_TOKEN`). A Decision: a malformed request (400 invalid_request).
+    The scheme is case-insensitive; the token must be an RFC 6750 b64token.
+    """
+    if not values:
+        return None
+    if len(values) > 1:
+        return Decision(400, "invalid_request", "the request has more than one Authorization header")
+    value = values[0].strip(" \t")
+    if not value:
+        return None
+    match = _CREDENTIALS.fullmatch(value)
+    if match is None:
+        scheme = value.split(None, 1)[0]
+        if scheme.lower() != "bearer":
+            return None  # another scheme (or garbage) we do not speak: no bearer credentials at all
+        return Decision(400, "invalid_request", _MALFORMED)
+    if match.group(1).lower() != "bearer":
+        return None
+    token = match.group(2)
+    if token is None or _B64TOKEN.fullmatch(token) is None:
+        return Decision(400, "invalid_request", _MALFORMED)
+    return token
+
+
+def authorize(details: AccessTokenDetails, required: Sequence[str] = (), *, now: datetime | None = None) -> Decision:
+    """The decision for a token MoneyKit vouched for: 401 if its client is disabled, 403 if it lacks
+    one of `required` (all of them are named in the challenge's scope), else 200 with the details."""
+    if details.disabled_at is not None and details.is_disabled(now):
+        return Decision(401, "invalid_token", "the access token's client is disabled")
+    if required:
+        scopes = details.scopes
+        missing = [name for name in required if name not in scopes]
+        if missing:
+            return Decision(
+                403,
+                "insufficient_scope",
+                "the access token lacks the scope " + " ".join(missing),
+                scope=tuple(required),
+            )
+    return Decision(200, details=details)
+
+
+def deny(error: BaseException) -> Decision:
+    """The decision when `introspect` raised `error`: never allowed (see the module's table)."""
+    if isinstance(error, ExpiredAccessTokenError):
+        return Decision(401, "invalid_token", "the access token expired")
+    if isinstance(error, AuthenticationError):
+        return Decision(401, "invalid_token", "the access token is invalid or revoked")
+    if isinstance(error, PermissionDeniedError):
+        return Decision(401, "invalid_token", "MoneyKit refused the access token")
+    if isinstance(error, ClientDisabledError):
+        return Decision(401, "invalid_token", "the access token's client is disabled")
+    if isinstance(error, InvalidInputError):
+        return Decision(400, "invalid_request", _MALFORMED)
+    if isinstance(error, SessionClosedError):
+        return _unavailable("the service is shutting down; retry later")
+    if isinstance(error, UsageError):  # ConfigurationError and the rest: the service's own bug
+        return _internal()
+    if isinstance(error, RateLimitError | ServerError):
+        return _unavailable("MoneyKit cannot check the access token right now; retry later", error.retry_after)
+    if isinstance(error, APIError | TokenRefreshError | MoneyKitError):
+        # Transport failures, timeouts, unexpected answers: MoneyKit could not vouch for the token.
+        return _unavailable("MoneyKit could not be reached to check the access token; retry later")
+    return _internal()
+
+
+def decide(
+    outcome: AccessTokenDetails | BaseException, required: Sequence[str] = (), *, now: datetime | None = None
+) -> Decision:
+    """`authorize` for details, `deny` for an exception: the whole table in one call."""
+    if isinstance(outcome, AccessTokenDetails):
+        return authorize(outcome, required, now=now)
+    return deny(outcome)
+
+
+def _unavailable(description: str, retry_after: float | None = None) -> Decision:
+    wait = None
+    if retry_after is not None and math.isfinite(retry_after):
+        wait = min(MAX_RETRY_AFTER, max(1, math.ceil(retry_after)))
+    return Decision(503, None, description, retry_after=wait)
+
+
+def _internal() -> Decision:
+    return Decision(500, None, "the access token could not be checked")
+
+
+def _quoted(value: str) -> str:
+    return '"' + value + '"'
+
+
+def challenge(realm: str | None, error: str | None = None, description: str = "", scope: Sequence[str] = ()) -> str:
+    """A `WWW-Authenticate: Bearer ...` value (RFC 6750 §3). Without `error`, only the realm is given:
+    RFC 6750 says a request without credentials gets no error code or other error information."""
+    params = []
+    if realm is not None:
+        params.append("realm=" + _quoted(realm))
+    if error is not None:
+        params.append("error=" + _quoted(error))
+        if description:
+            params.append("error_description=" + _quoted(description))
+        if scope:
+            params.append("scope=" + _quoted(" ".join(scope)))
+    return "Bearer " + ", ".join(params) if params else "Bearer"
+
+
+def check_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
+    """Scope names as given, deduplicated in order; ValueError for one that is not an RFC 6750 scope-token
+    (one name per argument: "a b" is two scopes and refused)."""
+    if isinstance(scopes, str):
+        raise TypeError("pass scope names as separate strings (or a list), not one string")
+    names: list[str] = []
+    for name in scopes:
+        if not isinstance(name, str) or _SCOPE_TOKEN.fullmatch(name) is None:
+            raise ValueError(f"{name!r} is not a scope name (printable ASCII without spaces, quotes or backslashes)")
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+def check_realm(realm: str | None) -> str | None:
+    """A realm that fits in a quoted-string without escapes (printable ASCII, no quote or backslash)."""
+    if realm is not None and (not isinstance(realm, str) or _DESCRIPTION.fullmatch(realm) is None):
+        raise ValueError(f"realm must be printable ASCII without quotes or backslashes, got {realm!r}")
+    return realm
+
+
+def open_session(source: SessionSource) -> tuple[MoneyKitSession, bool]:
+    """The session to use and whether the integration owns (and so closes) it.
+
+    None: a session from the MONEYKIT_* environment with an `IntrospectionCache()` (on by default: a web
+    service sees the same token again and again). A callable: called now (at application start-up);
+    the session it returns is owned. A `MoneyKitSession`: borrowed, never closed by the integration.
+    """
+    if source is None:
+        return MoneyKitSession(introspection_cache=IntrospectionCache()), True
+    if isinstance(source, MoneyKitSession):
+        return source, False
+    made = source()
+    if not isinstance(made, MoneyKitSession):
+        raise TypeError(f"the session factory returned {type(made).__name__}, not a MoneyKitSession")
+    return made, True

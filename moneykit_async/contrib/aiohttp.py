@@ -1,0 +1,253 @@
+"""aiohttp.web integration: authenticate requests by introspecting their bearer token, per RFC 6750.
+
+    from aiohttp import web
+    from moneykit_async.contrib import aiohttp as moneykit
+
+    @moneykit.require_scopes("accounts:read")
+    async def accounts(request: web.Request) -> web.Response:
+        details = moneykit.token_details(request)  # AccessTokenDetails: client_id, app, scopes, ...
+        return web.json_response({"client_id": details.client_id})
+
+    @moneykit.public
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/accounts", accounts)
+    app.router.add_get("/health", health)
+    moneykit.setup(app)  # one MoneyKitSession (MONEYKIT_* settings, cache on), opened and closed with the app
+
+`setup` gives the application ONE shared `MoneyKitSession`, created and closed through
+`app.cleanup_ctx` (with an `IntrospectionCache` by default), and a middleware that lets no request through
+without a valid token unless its handler is marked `@public` (or `protect_all=False`: then only handlers
+decorated with `@require_scopes` are protected). CORS preflights (OPTIONS with
+Access-Control-Request-Method), which browsers send without credentials, and requests that match no route
+(404, 405) pass untouched. `@require_scopes` adds per-route scopes, and always enforces them itself, so a
+route never opens up because a middleware is missing.
+
+Answers (see `moneykit_async.contrib._bearer` for the full table): 401 with `WWW-Authenticate: Bearer
+realm="api"` for a request without a bearer token; 400 `invalid_request` for a malformed header; 401
+`invalid_token` for an unknown, revoked or expired token or a disabled client; 403 `insufficient_scope`
+naming the required scopes; 503 when MoneyKit cannot vouch for the token (unreachable, timing out,
+failing, throttling, or the session closed); 500 for anything unexpected. Nothing else is ever let through.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, Final, TypeVar, cast
+
+import attrs
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Middleware
+
+from moneykit_async import AccessTokenDetails, MoneyKitSession
+
+from ._bearer import (
+    DEFAULT_REALM,
+    MISSING_TOKEN,
+    Decision,
+    SessionSource,
+    authorize,
+    check_realm,
+    check_scopes,
+    deny,
+    open_session,
+    parse_authorization,
+)
+
+__all__ = [
+    "MONEYKIT_SESSION",
+    "TOKEN_DETAILS",
+    "public",
+    "require_scopes",
+    "session_context",
+    "setup",
+    "token_details",
+]
+
+logger = logging.getLogger("moneykit_async")
+
+MONEYKIT_SESSION: Final = web.AppKey("moneykit_session", MoneyKitSession)
+"""`app[MONEYKIT_SESSION]`: the shared session, from start-up to clean-up (use it for your own calls too)."""
+
+TOKEN_DETAILS: Final = web.RequestKey("moneykit_token_details", AccessTokenDetails)
+"""`request[TOKEN_DETAILS]`: the details of the request's token, once it was accepted (see `token_details`)."""
+
+_PUBLIC: Final = "__moneykit_public__"
+_H = TypeVar("_H", bound=Callable[..., Awaitable[web.StreamResponse]])
+
+
+@attrs.define
+class _State:
+    realm: str | None
+    scopes: tuple[str, ...]
+    session: MoneyKitSession | None = None
+
+
+_STATE: Final = web.AppKey("moneykit_auth_state", _State)
+
+
+def setup(
+    app: web.Application,
+    session: SessionSource = None,
+    *,
+    scopes: Iterable[str] = (),
+    realm: str | None = DEFAULT_REALM,
+    protect_all: bool = True,
+) -> None:
+    """Authenticate `app`'s requests with MoneyKit. Call once, on the root application, before it starts.
+
+    - `session`: None (default) creates a `MoneyKitSession` from the MONEYKIT_* environment with an
+      `IntrospectionCache()` at start-up and closes it at clean-up; a zero-argument callable returning a
+      session is called at start-up instead (the session it returns is closed at clean-up too); a
+      `MoneyKitSession` instance is used as is and never closed here (its owner closes it).
+    - `scopes`: scopes every protected route requires (on top of each route's `@require_scopes`).
+    - `realm`: the `realm` of the `WWW-Authenticate` challenges (None: none).
+    - `protect_all`: True (default) means every route needs a valid token unless its handler is
+      `@public`; False installs no middleware: only `@require_scopes` handlers are protected.
+    """
+    if _STATE in app:
+        raise RuntimeError("moneykit_async.contrib.aiohttp.setup() was already called on this application")
+    state = _State(check_realm(realm), check_scopes(scopes))
+    app[_STATE] = state
+    app.cleanup_ctx.append(session_context(session, state))
+    if protect_all:
+        app.middlewares.append(_middleware(state))
+
+
+def session_context(
+    session: SessionSource = None, _state: _State | None = None
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A `cleanup_ctx` entry that opens the shared session at start-up (see `setup` for `session`),
+    publishes it as `app[MONEYKIT_SESSION]`, and closes it at clean-up if it created it. `setup` uses
+    it; on its own it is for apps that only want the session."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        mk, owned = open_session(session)
+        app[MONEYKIT_SESSION] = mk  # start-up runs before the app is frozen
+        if _state is not None:
+            _state.session = mk
+        try:
+            yield
+        finally:
+            if owned:
+                await mk.close()
+
+    return context
+
+
+def public(handler: _H) -> _H:
+    """Mark a handler as needing no token (with `setup(..., protect_all=True)`); no MoneyKit call is made."""
+    setattr(handler, _PUBLIC, True)
+    return handler
+
+
+def require_scopes(*scopes: str) -> Callable[[_H], _H]:
+    """Decorate a handler (a function of the request, or a `web.View` method) to require a valid token
+    with every one of `scopes` (plus `setup`'s). It enforces them itself: without the middleware (or on a
+    `@public` route) it authenticates the request on its own, so forgetting one never opens a route.
+    With no scopes, it requires a valid token only."""
+    route_scopes = check_scopes(scopes)
+
+    def decorate(handler: _H) -> _H:
+        @functools.wraps(handler)
+        async def wrapper(*args: Any, **kwargs: Any) -> web.StreamResponse:
+            first = args[-1] if args else None  # the request, or the View for a View method
+            request = first.request if isinstance(first, web.View) else first
+            if not isinstance(request, web.Request):
+                raise TypeError("require_scopes decorates aiohttp.web handlers (request) or web.View methods")
+            state = request.config_dict.get(_STATE)
+            if state is None:
+                raise RuntimeError("call moneykit_async.contrib.aiohttp.setup(app) before using require_scopes")
+            required = _union(state.scopes, route_scopes)
+            details: AccessTokenDetails | None = request.get(TOKEN_DETAILS)
+            if details is None:  # not authenticated by the middleware: do it here
+                outcome = await _authenticate(request, state, required)
+                if isinstance(outcome, Decision):
+                    return _respond(outcome, state.realm)
+                details = outcome
+            else:
+                decision = authorize(details, required)
+                if not decision.allowed:
+                    return _respond(decision, state.realm)
+            request[TOKEN_DETAILS] = details
+            return await handler(*args, **kwargs)
+
+        return cast(_H, wrapper)
+
+    return decorate
+
+
+def token_details(request: web.Request) -> AccessTokenDetails:
+    """The accepted token's details; LookupError on a route that is public or not protected."""
+    if TOKEN_DETAILS not in request:
+        raise LookupError(
+            "this request was not authenticated by MoneyKit: its route is @public, or not protected "
+            "(decorate it with require_scopes, or use setup(app, protect_all=True))"
+        )
+    return request[TOKEN_DETAILS]
+
+
+def _union(first: tuple[str, ...], second: tuple[str, ...]) -> tuple[str, ...]:
+    if not first:
+        return second
+    return first + tuple(name for name in second if name not in first)
+
+
+def _middleware(state: _State) -> Middleware:
+    @web.middleware
+    async def moneykit_auth(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        match_info = request.match_info
+        # No route (404/405): let aiohttp answer; a public handler: no token needed; a CORS preflight never
+        # carries credentials (Fetch standard), so demanding a token there would break every browser client.
+        if (
+            match_info.http_exception is not None
+            or getattr(match_info.handler, _PUBLIC, False)
+            or (request.method == hdrs.METH_OPTIONS and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers)
+        ):
+            return await handler(request)
+        outcome = await _authenticate(request, state, state.scopes)
+        if isinstance(outcome, Decision):
+            return _respond(outcome, state.realm)
+        request[TOKEN_DETAILS] = outcome
+        return await handler(request)
+
+    return moneykit_auth
+
+
+async def _authenticate(
+    request: web.BaseRequest, state: _State, required: tuple[str, ...]
+) -> AccessTokenDetails | Decision:
+    """The token's details if it may pass, else the Decision to answer with."""
+    token = parse_authorization(request.headers.getall(hdrs.AUTHORIZATION, ()))
+    if token is None:
+        return MISSING_TOKEN
+    if isinstance(token, Decision):
+        return token
+    session = state.session
+    try:
+        if session is None:
+            raise RuntimeError("the MoneyKit session is not open: the application has not started")
+        details = await session.introspect(token)
+    except Exception as exc:  # noqa: BLE001 - every failure must become a denial, never a pass
+        decision = deny(exc)
+        _log(decision, exc)
+        return decision
+    decision = authorize(details, required)
+    return details if decision.allowed else decision
+
+
+def _log(decision: Decision, exc: Exception) -> None:
+    if decision.status == 500:
+        logger.error("token check failed unexpectedly; answering 500", exc_info=exc)
+    elif decision.status == 503:
+        logger.warning("token check failed (%s); answering 503", type(exc).__name__)
+
+
+def _respond(decision: Decision, realm: str | None) -> web.Response:
+    return web.json_response(decision.body(), status=decision.status, headers=decision.headers(realm))

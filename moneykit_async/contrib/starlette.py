@@ -1,0 +1,255 @@
+"""Starlette integration: authenticate requests by introspecting their bearer token, per RFC 6750.
+
+    from starlette.applications import Starlette
+    from starlette.authentication import requires
+    from starlette.routing import Route
+    from moneykit_async.contrib.starlette import MoneyKitAuth, token_details
+
+    auth = MoneyKitAuth()  # a MoneyKitSession from MONEYKIT_* with the introspection cache, opened in the lifespan
+
+    @auth.requires("accounts:read")  # 401 / 403 insufficient_scope with RFC 6750 challenges
+    async def accounts(request):
+        details = token_details(request)  # or request.user.details
+        ...
+
+    app = Starlette(
+        routes=[Route("/accounts", accounts)],
+        middleware=[auth.middleware()],  # AuthenticationMiddleware + MoneyKitBackend + on_auth_error
+        lifespan=auth.lifespan,  # or, inside your own lifespan: async with auth.lifespan(app): ...
+    )
+
+`MoneyKitBackend` is a Starlette `AuthenticationBackend`: a request without a bearer token is anonymous
+(`UnauthenticatedUser`, so public routes work), a valid token becomes a `MoneyKitUser` with
+`AuthCredentials(["authenticated", *the token's scopes])`, so Starlette's own `@requires("scope")` works
+too (it answers a bare 403, without a challenge; `auth.requires` answers RFC 6750's). A token that
+cannot be accepted ends the request in the middleware through `on_auth_error`: 400 invalid_request, 401
+invalid_token, or 503 when MoneyKit cannot vouch for it (500 for anything unexpected). Note that this
+applies to public routes as well when a client sends a token: a bad token is refused wherever it is sent.
+
+Install with the `starlette` extra. The FastAPI dependency is in `moneykit_async.contrib.fastapi`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar, cast
+
+try:
+    from starlette.authentication import AuthCredentials, AuthenticationBackend, AuthenticationError, BaseUser
+    from starlette.middleware import Middleware
+    from starlette.middleware.authentication import AuthenticationMiddleware
+    from starlette.requests import HTTPConnection, Request
+    from starlette.responses import JSONResponse, PlainTextResponse, Response
+except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subprocess by the tests
+    raise ModuleNotFoundError(
+        "moneykit_async.contrib.starlette needs the 'starlette' extra: pip install 'moneykit-async[starlette]'",
+        name=exc.name,
+    ) from exc
+
+from moneykit_async import AccessTokenDetails, MoneyKitSession
+
+from ._bearer import (
+    DEFAULT_REALM,
+    MISSING_TOKEN,
+    Decision,
+    SessionSource,
+    authorize,
+    check_realm,
+    check_scopes,
+    deny,
+    open_session,
+    parse_authorization,
+)
+
+__all__ = [
+    "MoneyKitAuth",
+    "MoneyKitAuthenticationError",
+    "MoneyKitBackend",
+    "MoneyKitUser",
+    "on_auth_error",
+    "token_details",
+]
+
+logger = logging.getLogger("moneykit_async")
+
+# Where an accepted token's details are kept in the ASGI scope, so a second check in the same request
+# (a decorator after the middleware, several FastAPI dependencies) costs no introspection.
+SCOPE_KEY = "moneykit_async.token_details"
+
+_E = TypeVar("_E", bound=Callable[..., Awaitable[Response]])
+
+
+class MoneyKitUser(BaseUser):
+    """`request.user` for an accepted token: `details` is its `AccessTokenDetails`."""
+
+    def __init__(self, details: AccessTokenDetails) -> None:
+        self.details = details
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def display_name(self) -> str:
+        return self.details.client_name or self.details.client_id
+
+    @property
+    def identity(self) -> str:
+        return self.details.client_id
+
+
+class MoneyKitAuthenticationError(AuthenticationError):
+    """Raised by `MoneyKitBackend` for a token that cannot be accepted; `decision` says what to answer."""
+
+    def __init__(self, decision: Decision, realm: str | None) -> None:
+        self.decision = decision
+        self.realm = realm
+        super().__init__(decision.description)
+
+
+class MoneyKitAuth:
+    """The MoneyKit side of a Starlette or FastAPI app: the shared session, the realm, the checks.
+
+    - `session`: None (default) creates a `MoneyKitSession` from the MONEYKIT_* environment with an
+      `IntrospectionCache()` when `lifespan` starts, and closes it when it ends; a zero-argument callable
+      returning a session is called then instead (and its session closed too); a `MoneyKitSession`
+      instance is used as is, with or without the lifespan, and never closed here.
+    - `realm`: the `realm` of the `WWW-Authenticate` challenges (None: none).
+    """
+
+    def __init__(self, session: SessionSource = None, *, realm: str | None = DEFAULT_REALM) -> None:
+        self.realm = check_realm(realm)
+        self._source = session
+        self._session = session if isinstance(session, MoneyKitSession) else None
+        self._running = False
+
+    @property
+    def session(self) -> MoneyKitSession:
+        """The shared session; RuntimeError before the lifespan has opened it."""
+        if self._session is None:
+            raise RuntimeError(
+                "the MoneyKit session is not open: pass lifespan=auth.lifespan to the app (or enter "
+                "`async with auth.lifespan(app)` in yours), or give MoneyKitAuth a session"
+            )
+        return self._session
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """Open the session when the app starts and close it (if created here) when the app stops."""
+        if self._running:
+            raise RuntimeError("this MoneyKitAuth's lifespan is already running (one app at a time)")
+        session, owned = open_session(self._source)
+        self._session, self._running = session, True
+        try:
+            yield
+        finally:
+            self._running = False
+            if owned:
+                self._session = None
+                await session.close()
+
+    def middleware(self) -> Middleware:
+        """Starlette's `AuthenticationMiddleware` with a `MoneyKitBackend` and `on_auth_error`."""
+        return Middleware(AuthenticationMiddleware, backend=MoneyKitBackend(self), on_error=on_auth_error)
+
+    async def check(self, conn: HTTPConnection, scopes: Sequence[str] = ()) -> AccessTokenDetails | Decision:
+        """The details of the connection's token if it may pass with `scopes`, else the Decision to
+        answer with. A token already accepted earlier in this request is not introspected again."""
+        known = _known_details(conn)
+        if known is not None:
+            decision = authorize(known, scopes)
+            return known if decision.allowed else decision
+        token = parse_authorization(conn.headers.getlist("authorization"))
+        if token is None:
+            return MISSING_TOKEN
+        if isinstance(token, Decision):
+            return token
+        try:
+            details = await self.session.introspect(token)
+        except Exception as exc:  # every failure must become a denial, never a pass
+            decision = deny(exc)
+            if decision.status == 500:
+                logger.error("token check failed unexpectedly; answering 500", exc_info=exc)
+            elif decision.status == 503:
+                logger.warning("token check failed (%s); answering 503", type(exc).__name__)
+            return decision
+        decision = authorize(details, scopes)
+        if not decision.allowed:
+            return decision
+        conn.scope[SCOPE_KEY] = details
+        return details
+
+    def respond(self, decision: Decision) -> Response:
+        """The response for a denial: status, RFC 6750 challenge (or Retry-After) and a JSON body."""
+        return JSONResponse(decision.body(), status_code=decision.status, headers=decision.headers(self.realm))
+
+    def requires(self, *scopes: str) -> Callable[[_E], _E]:
+        """Decorate an async endpoint (a function of `request`, or an `HTTPEndpoint` method) to require a
+        valid token with every one of `scopes`: 401 without one (RFC 6750 challenge), 403
+        insufficient_scope naming them. Works with or without the middleware (it reuses its result)."""
+        required = check_scopes(scopes)
+
+        def decorate(endpoint: _E) -> _E:
+            if not inspect.iscoroutinefunction(endpoint):
+                raise TypeError("MoneyKitAuth.requires decorates async endpoints")
+
+            @functools.wraps(endpoint)
+            async def wrapper(*args: Any, **kwargs: Any) -> Response:
+                request = kwargs.get("request")
+                if request is None:
+                    request = next((arg for arg in reversed(args) if isinstance(arg, Request)), None)
+                if not isinstance(request, Request):
+                    raise TypeError("MoneyKitAuth.requires needs the endpoint's Request argument")
+                outcome = await self.check(request, required)
+                if isinstance(outcome, Decision):
+                    return self.respond(outcome)
+                return await endpoint(*args, **kwargs)
+
+            return cast(_E, wrapper)
+
+        return decorate
+
+
+class MoneyKitBackend(AuthenticationBackend):
+    """A Starlette `AuthenticationBackend`: anonymous without a bearer token, a `MoneyKitUser` with the
+    token's scopes (and "authenticated") for a valid one, `MoneyKitAuthenticationError` otherwise."""
+
+    def __init__(self, auth: MoneyKitAuth) -> None:
+        self.auth = auth
+
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
+        outcome = await self.auth.check(conn)
+        if isinstance(outcome, Decision):
+            if outcome is MISSING_TOKEN:
+                return None  # anonymous: public routes work, protected ones answer 401
+            raise MoneyKitAuthenticationError(outcome, self.auth.realm)
+        return AuthCredentials(["authenticated", *sorted(outcome.scopes)]), MoneyKitUser(outcome)
+
+
+def on_auth_error(conn: HTTPConnection, exc: AuthenticationError) -> Response:
+    """`AuthenticationMiddleware(on_error=...)`: the RFC 6750 answer for a `MoneyKitAuthenticationError`
+    (other backends' errors get Starlette's default, a plain 400)."""
+    if isinstance(exc, MoneyKitAuthenticationError):
+        decision = exc.decision
+        return JSONResponse(decision.body(), status_code=decision.status, headers=decision.headers(exc.realm))
+    return PlainTextResponse(str(exc), status_code=400)
+
+
+def token_details(conn: HTTPConnection) -> AccessTokenDetails:
+    """The accepted token's details; LookupError when the request was not authenticated by MoneyKit."""
+    details = _known_details(conn)
+    if details is None:
+        raise LookupError(
+            "this request was not authenticated by MoneyKit (no token, or a route without "
+            "MoneyKitAuth.requires / the FastAPI dependency)"
+        )
+    return details
+
+
+def _known_details(conn: HTTPConnection) -> AccessTokenDetails | None:
+    details = conn.scope.get(SCOPE_KEY)
+    return details if isinstance(details, AccessTokenDetails) else None

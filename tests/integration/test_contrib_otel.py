@@ -1,0 +1,346 @@
+"""moneykit_async.contrib.opentelemetry against FakeMoneyKit, read back with the OpenTelemetry SDK's in-memory
+exporter and reader."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from moneykit_async import (
+    AuthenticationError,
+    Event,
+    IntrospectionCache,
+    MoneyKitSession,
+    RetryPolicy,
+    RetryScheduled,
+    SessionClosedError,
+    Timeout,
+    TransportError,
+    fingerprint,
+)
+from moneykit_async.contrib.opentelemetry import MoneyKitTelemetry, instrument
+from moneykit_async.testing import FakeMoneyKit, Fault
+
+from ..helpers import clean_env
+
+INTROSPECT = "/auth/introspect"
+CALL = "MoneyKit GET /auth/introspect"
+ATTEMPT = "GET /auth/introspect"
+
+
+@dataclass
+class Otel:
+    exporter: InMemorySpanExporter
+    reader: InMemoryMetricReader
+    tracer_provider: TracerProvider
+    meter_provider: MeterProvider
+
+    def telemetry(self) -> MoneyKitTelemetry:
+        return MoneyKitTelemetry(tracer_provider=self.tracer_provider, meter_provider=self.meter_provider)
+
+    def spans(self, name: str | None = None) -> list[ReadableSpan]:
+        return [s for s in self.exporter.get_finished_spans() if name is None or s.name == name]
+
+    def children(self, parent: ReadableSpan) -> list[ReadableSpan]:
+        assert parent.context is not None
+        return sorted(
+            (s for s in self.spans() if s.parent is not None and s.parent.span_id == parent.context.span_id),
+            key=lambda s: s.start_time or 0,
+        )
+
+    def metrics_json(self) -> str:
+        data = self.reader.get_metrics_data()
+        return "" if data is None else data.to_json()
+
+    def points(self, name: str) -> list[Any]:
+        data = self.reader.get_metrics_data()
+        found: list[Any] = []
+        for resource_metrics in data.resource_metrics if data is not None else ():
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    if metric.name == name:
+                        found.extend(metric.data.data_points)
+        return found
+
+
+@pytest.fixture
+def otel() -> Iterator[Otel]:
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    yield Otel(exporter, reader, tracer_provider, meter_provider)
+    tracer_provider.shutdown()
+    meter_provider.shutdown()
+
+
+@pytest.fixture
+async def traced(fake: FakeMoneyKit, otel: Otel) -> AsyncIterator[tuple[MoneyKitSession, MoneyKitTelemetry]]:
+    telemetry = otel.telemetry()
+    async with MoneyKitSession(
+        base_url=fake.base_url,
+        client_id=fake.client_id,
+        client_secret=fake.client_secret,
+        retry=RetryPolicy(backoff_base=0.01),
+        on_event=telemetry,
+    ) as mk:
+        telemetry.bind(mk)
+        yield mk, telemetry
+
+
+async def test_a_call_is_one_span_with_a_client_span_per_attempt(
+    fake: FakeMoneyKit, otel: Otel, traced: tuple[MoneyKitSession, MoneyKitTelemetry]
+) -> None:
+    mk, _ = traced
+    token = fake.mint_token()
+    fake.inject(INTROSPECT, Fault(status=503), Fault(status=502))
+    with otel.tracer_provider.get_tracer("test").start_as_current_span("handler") as handler:
+        await mk.introspect(token)
+    (call,) = otel.spans(CALL)
+    assert call.kind is SpanKind.INTERNAL and call.status.status_code is StatusCode.UNSET
+    assert call.parent is not None and call.parent.span_id == handler.get_span_context().span_id
+    assert call.attributes is not None and call.attributes["moneykit.token.fingerprint"] == fingerprint(token)
+    assert [e.name for e in call.events] == ["moneykit.retry", "moneykit.retry"]
+    attempts = otel.children(call)
+    assert [a.name for a in attempts] == [ATTEMPT] * 3
+    assert all(a.kind is SpanKind.CLIENT for a in attempts)
+    attrs = [dict(a.attributes or {}) for a in attempts]
+    assert [a.get("http.request.resend_count") for a in attrs] == [None, 1, 2]  # set on resends only
+    assert [a["http.response.status_code"] for a in attrs] == [503, 502, 200]
+    assert [a.get("error.type") for a in attrs] == ["503", "502", None]
+    assert [a.status.status_code for a in attempts] == [StatusCode.ERROR, StatusCode.ERROR, StatusCode.UNSET]
+    for a in attrs:
+        assert a["http.request.method"] == "GET" and a["url.template"] == INTROSPECT
+        assert (a["server.address"], a["server.port"]) == ("127.0.0.1", fake.port)
+        assert a["url.full"] == fake.base_url + INTROSPECT
+
+    durations = {
+        (p.attributes.get("http.response.status_code"), p.attributes.get("error.type")): p
+        for p in otel.points("http.client.request.duration")
+    }
+    assert {key: p.count for key, p in durations.items()} == {(503, "503"): 1, (502, "502"): 1, (200, None): 1}
+    point = durations[(200, None)]
+    assert point.attributes["server.address"] == "127.0.0.1" and point.attributes["http.request.method"] == "GET"
+    assert point.explicit_bounds[0] == 0.005 and point.sum > 0  # seconds, the conventional buckets
+    assert sum(p.value for p in otel.points("moneykit.client.retries")) == 2
+
+
+async def test_a_failed_call_ends_its_span_with_the_error(
+    fake: FakeMoneyKit, otel: Otel, traced: tuple[MoneyKitSession, MoneyKitTelemetry]
+) -> None:
+    mk, _ = traced
+    with pytest.raises(AuthenticationError):
+        await mk.introspect("garbage-token")
+    await asyncio.sleep(0)  # the call span ends once it is clear that no retry follows (the next loop step)
+    (call,) = otel.spans(CALL)
+    assert call.status.status_code is StatusCode.ERROR and call.attributes is not None
+    assert call.attributes["error.type"] == "401"
+    (attempt,) = otel.children(call)
+    assert attempt.attributes is not None and attempt.attributes["http.response.status_code"] == 401
+
+
+async def test_an_unreachable_server_is_an_error_type_without_a_status(
+    fake: FakeMoneyKit, otel: Otel, unused_port: int
+) -> None:
+    telemetry = otel.telemetry()
+    async with MoneyKitSession(
+        base_url=f"http://127.0.0.1:{unused_port}", retry=RetryPolicy(max_retries=0), on_event=telemetry
+    ) as mk:
+        telemetry.bind(mk)
+        with pytest.raises(TransportError):
+            await mk.introspect("some-token")
+        await asyncio.sleep(0)
+    (call,) = otel.spans(CALL)
+    (attempt,) = otel.children(call)
+    assert attempt.attributes is not None and attempt.attributes["error.type"] == "TransportError"
+    assert "http.response.status_code" not in attempt.attributes
+    (point,) = otel.points("http.client.request.duration")
+    assert point.attributes["error.type"] == "TransportError" and point.attributes["server.port"] == unused_port
+
+
+async def test_the_sessions_own_token_is_a_call_and_a_refresh(
+    fake: FakeMoneyKit, otel: Otel, traced: tuple[MoneyKitSession, MoneyKitTelemetry]
+) -> None:
+    mk, _ = traced
+    await mk.introspect()
+    await mk.introspect()
+    (mint,) = otel.spans("MoneyKit POST /auth/token")
+    assert [s.name for s in otel.children(mint)] == ["POST /auth/token"]
+    assert len(otel.spans(CALL)) == 2
+    assert [p.value for p in otel.points("moneykit.client.token.refreshes")] == [1]
+    statuses = sorted(p.attributes["http.response.status_code"] for p in otel.points("http.client.request.duration"))
+    assert statuses == [200, 201]
+
+
+async def test_concurrent_calls_keep_their_attempts_apart(
+    fake: FakeMoneyKit, otel: Otel, traced: tuple[MoneyKitSession, MoneyKitTelemetry]
+) -> None:
+    mk, _ = traced
+    tokens = [fake.mint_token() for _ in range(20)]
+    fake.inject(INTROSPECT, *[Fault(status=503) for _ in range(5)], *[Fault(delay=0.01) for _ in range(10)])
+    await asyncio.gather(*(mk.introspect(t) for t in tokens))
+    calls = otel.spans(CALL)
+    assert sorted(str(c.attributes["moneykit.token.fingerprint"]) for c in calls if c.attributes) == sorted(
+        fingerprint(t) for t in tokens
+    )
+    attempts_per_call = [otel.children(c) for c in calls]
+    assert sum(map(len, attempts_per_call)) == 25 == len(otel.spans(ATTEMPT))  # 20 calls + 5 retries
+    for attempts in attempts_per_call:
+        resends = [dict(a.attributes or {}).get("http.request.resend_count") for a in attempts]
+        assert resends == [None] or resends == [None, 1]
+        assert [dict(a.attributes or {})["http.response.status_code"] for a in attempts][-1] == 200
+    assert all(c.status.status_code is StatusCode.UNSET for c in calls)
+
+
+async def test_pauses_throttles_and_the_send_rate(
+    fake: FakeMoneyKit, otel: Otel, traced: tuple[MoneyKitSession, MoneyKitTelemetry]
+) -> None:
+    mk, _ = traced
+    fake.inject(
+        INTROSPECT,
+        Fault(status=503, headers={"Retry-After": "0.05"}),  # overloaded: a session-wide pause
+        Fault(status=429, headers={"Retry-After": "0.05"}),  # throttled: the send rate is cut
+    )
+    await mk.introspect(fake.mint_token())
+    (pause,) = otel.points("moneykit.client.rate_limit.pause.duration")
+    assert (pause.count, pause.sum) == (1, 0.05)
+    (throttled,) = otel.points("moneykit.client.throttled")
+    assert throttled.value == 1
+    (rate,) = otel.points("moneykit.client.send_rate")
+    assert rate.value > 0 and mk.send_rate is not None  # the learned rate (it grows back as time passes)
+    assert sum(p.value for p in otel.points("moneykit.client.retries")) == 2
+
+
+async def test_cache_hits_and_misses(fake: FakeMoneyKit, otel: Otel) -> None:
+    telemetry = otel.telemetry()
+    cache = IntrospectionCache()
+    async with MoneyKitSession(base_url=fake.base_url, introspection_cache=cache, on_event=telemetry) as mk:
+        telemetry.bind(mk, cache=cache)
+        token = fake.mint_token()
+        for _ in range(3):
+            await mk.introspect(token)
+    lookups = {
+        p.attributes["moneykit.cache.result"]: p.value
+        for p in otel.points("moneykit.client.introspection_cache.lookups")
+    }
+    assert lookups == {"hit": 2, "miss": 1}
+    assert len(otel.spans(CALL)) == 1  # a hit sends nothing, so it has no span
+
+
+async def test_a_cancelled_call_still_ends_its_spans(
+    fake: FakeMoneyKit, otel: Otel, traced: tuple[MoneyKitSession, MoneyKitTelemetry]
+) -> None:
+    mk, _ = traced
+    fake.inject(INTROSPECT, Fault(delay=60))
+    task = asyncio.create_task(mk.introspect(fake.mint_token()))
+    await fake.wait_for_requests(1, INTROSPECT, within=30)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0)
+    (call,) = otel.spans(CALL)
+    (attempt,) = otel.children(call)
+    for span in (call, attempt):
+        assert span.attributes is not None and span.attributes["error.type"] == "cancelled"
+        assert span.status.status_code is StatusCode.ERROR
+
+
+async def test_a_call_abandoned_while_waiting_to_retry_is_ended_with_its_task(fake: FakeMoneyKit, otel: Otel) -> None:
+    telemetry = otel.telemetry()
+    retry_scheduled = asyncio.Event()
+
+    def on_event(event: Event) -> None:
+        telemetry(event)
+        if isinstance(event, RetryScheduled):
+            retry_scheduled.set()
+
+    mk = MoneyKitSession(base_url=fake.base_url, timeout=Timeout(total=120), on_event=on_event)
+    telemetry.bind(mk)
+    fake.inject(INTROSPECT, Fault(status=503, headers={"Retry-After": "20"}))  # the retry waits 20 s
+    first = asyncio.create_task(mk.introspect(fake.mint_token()))
+    async with asyncio.timeout(30):
+        await retry_scheduled.wait()
+    await mk.close()  # ends the wait with SessionClosedError: no event says the call is over
+    with pytest.raises(SessionClosedError):
+        await first
+    await asyncio.sleep(0)
+    (call,) = otel.spans(CALL)
+    assert call.attributes is not None and call.attributes["error.type"] == "503"  # the last failure known
+    assert call.status.status_code is StatusCode.ERROR
+    assert [s.name for s in otel.children(call)] == [ATTEMPT]
+
+
+async def test_no_token_or_secret_ever_reaches_an_attribute(
+    fake: FakeMoneyKit, otel: Otel, traced: tuple[MoneyKitSession, MoneyKitTelemetry]
+) -> None:
+    mk, _ = traced
+    garbage = "garbage-token-5b0e7d1c"
+    fake.inject(INTROSPECT, Fault(status=503), Fault(status=429, headers={"Retry-After": "0.01"}))
+    await mk.introspect()  # mints the session's own token
+    for token in [fake.mint_token() for _ in range(3)] + [garbage]:
+        with contextlib.suppress(AuthenticationError):
+            await mk.introspect(token)
+    revoked = fake.mint_token()
+    fake.revoke_token(revoked)
+    with pytest.raises(AuthenticationError):
+        await mk.introspect(revoked)
+    await asyncio.sleep(0)
+    secrets = [*fake.issued_tokens, garbage, fake.client_secret]
+    assert len(fake.issued_tokens) >= 5 and (await mk.get_access_token()).access_token in fake.issued_tokens
+    exported = "\n".join(s.to_json() for s in otel.spans()) + otel.metrics_json()
+    assert otel.spans(CALL) and "http.client.request.duration" in exported
+    leaked = [s for s in secrets if s in exported]
+    assert leaked == []
+    # Attribute by attribute too (values and keys), spans, span events and metric points alike.
+    values: list[str] = []
+    for span in otel.spans():
+        values += [f"{k}={v!r}" for k, v in (span.attributes or {}).items()] + [span.name]
+        values += [f"{k}={v!r}" for e in span.events for k, v in (e.attributes or {}).items()]
+    for name in json.loads(otel.metrics_json() or "{}").get("resource_metrics", []):
+        values.append(json.dumps(name))
+    assert not [v for v in values for s in secrets if s in v]
+
+
+async def test_bind_is_once_per_session(fake: FakeMoneyKit, otel: Otel) -> None:
+    telemetry = otel.telemetry()
+    async with MoneyKitSession(base_url=fake.base_url) as one, MoneyKitSession(base_url=fake.base_url) as two:
+        telemetry.bind(one)
+        telemetry.bind(one)  # again: nothing changes
+        with pytest.raises(ValueError, match="another session"):
+            telemetry.bind(two)
+
+
+async def test_instrument_in_one_call(fake: FakeMoneyKit, otel: Otel) -> None:
+    async with MoneyKitSession(base_url=fake.base_url) as mk:
+        if not hasattr(mk, "add_event_hook"):  # the session takes its hook at construction only
+            with pytest.raises(TypeError, match="on_event=MoneyKitTelemetry"):
+                instrument(mk, tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider)
+            return
+        instrument(mk, tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider)
+        await mk.introspect(fake.mint_token())
+    assert len(otel.spans(CALL)) == 1
+
+
+def test_importing_without_the_extra_names_the_extra() -> None:
+    code = "import sys; sys.modules['opentelemetry'] = None; import moneykit_async.contrib.opentelemetry"
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ModuleNotFoundError: ") and "pip install 'moneykit-async[otel]'" in last

@@ -1,0 +1,467 @@
+"""The sandbox admin API (`/_sandbox/`), driven as code in another language would drive it: plain HTTP
+with JSON bodies (aiohttp here, not the SDK, and curl for the README's session), and through the
+`moneykit-async sandbox ...` subcommands against a running `python -m moneykit_async sandbox`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import stat
+from argparse import Namespace
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from moneykit_async import InvalidInputError, UsageError
+from moneykit_async._models import fingerprint
+from moneykit_async.cli._sandbox import admin_call, sandbox_url, write_state
+from moneykit_async.testing import FakeMoneyKit, Fault
+
+from ..helpers import clean_env
+from .test_cli import CLI
+
+ADMIN = "/_sandbox/"
+INTROSPECT = "/auth/introspect"
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def admin(
+    http: aiohttp.ClientSession,
+    fake: FakeMoneyKit,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    raw: bytes | None = None,
+) -> tuple[int, Any]:
+    """One admin call; (status, JSON answer)."""
+    kwargs: dict[str, Any] = {"data": raw, "headers": {"Content-Type": "application/json"}} if raw is not None else {}
+    if body is not None:
+        kwargs = {"json": body}
+    async with http.request(method, fake.base_url + ADMIN + path, **kwargs) as response:
+        assert response.content_type == "application/json"
+        return response.status, await response.json()
+
+
+async def introspect(http: aiohttp.ClientSession, fake: FakeMoneyKit, token: str) -> tuple[int, dict[str, Any]]:
+    async with http.get(fake.base_url + INTROSPECT, headers={"Authorization": f"Bearer {token}"}) as response:
+        return response.status, await response.json()
+
+
+async def test_mint_introspect_revoke_introspect(fake: FakeMoneyKit, http: aiohttp.ClientSession) -> None:
+    status, minted = await admin(http, fake, "POST", "tokens", {})
+    assert status == 201 and minted["token_type"] == "bearer" and minted["expires_in"] == fake.token_lifetime
+    token = minted["access_token"]
+    status, details = await introspect(http, fake, token)
+    assert status == 200 and details["client_id"] == fake.client_id
+    status, revoked = await admin(http, fake, "POST", "tokens/revoke", {"access_token": token})
+    assert status == 200 and revoked == {"revoked": True, "fingerprint": fingerprint(token)}
+    status, refused = await introspect(http, fake, token)
+    assert status == 401 and refused["error_code"] == "api_error.auth.unauthorized"
+    assert fake.count() == 2  # the two introspections; admin calls are not MoneyKit traffic
+
+
+async def test_expire_and_mint_options(fake: FakeMoneyKit, http: aiohttp.ClientSession) -> None:
+    client = fake.add_client(scope="institutions:read link:data:read")
+    status, minted = await admin(
+        http, fake, "POST", "tokens", {"client_id": client.client_id, "scope": "institutions:read", "expires_in": 90}
+    )
+    assert status == 201 and minted["expires_in"] == 90
+    status, details = await introspect(http, fake, minted["access_token"])
+    assert (status, details["client_id"], details["scope"]) == (200, client.client_id, "institutions:read")
+    await admin(http, fake, "POST", "tokens/expire", {"access_token": minted["access_token"]})
+    status, refused = await introspect(http, fake, minted["access_token"])
+    assert (status, refused["error_code"]) == (401, "api_error.auth.expired_access_token")
+
+
+async def test_clients_are_created_and_disabled(fake: FakeMoneyKit, http: aiohttp.ClientSession) -> None:
+    status, client = await admin(
+        http, fake, "POST", "clients", {"client_id": "ci_client", "client_secret": "ci_secret", "app_name": "CI"}
+    )
+    assert status == 201
+    assert client["client_id"] == "ci_client" and client["client_secret"] == "ci_secret"
+    assert client["app_name"] == "CI" and client["disabled_at"] is None
+    form = {"grant_type": "client_credentials", "client_id": "ci_client", "client_secret": "ci_secret"}
+    async with http.post(fake.base_url + "/auth/token", data=form) as response:
+        assert response.status == 201
+        token = (await response.json())["access_token"]
+    status, duplicate = await admin(http, fake, "POST", "clients", {"client_id": "ci_client"})
+    assert status == 409 and "exists already" in duplicate["error_message"]
+    status, disabled = await admin(http, fake, "POST", "clients/disable", {"client_id": "ci_client"})
+    assert status == 200 and disabled["disabled_at"] is not None and "client_secret" not in disabled
+    async with http.post(fake.base_url + "/auth/token", data=form) as response:
+        assert response.status == 401
+    status, details = await introspect(http, fake, token)  # its tokens still introspect, with disabled_at
+    assert status == 200 and details["disabled_at"] == disabled["disabled_at"]
+    status, later = await admin(http, fake, "POST", "clients/disable", {"at": "2999-01-02T03:04:05"})
+    assert later["client_id"] == fake.client_id and later["disabled_at"] == "2999-01-02T03:04:05+00:00"
+
+
+async def test_faults_are_queued_used_and_cleared(fake: FakeMoneyKit, http: aiohttp.ClientSession) -> None:
+    token = fake.mint_token()
+    status, queued = await admin(
+        http,
+        fake,
+        "POST",
+        "faults",
+        {"status": 503, "path": INTROSPECT, "times": 2, "retry_after": 1.5, "error_message": "maintenance"},
+    )
+    assert status == 201 and queued == {"queued": 2, "path": INTROSPECT, "pending": 2}
+    for _ in range(2):
+        async with http.get(fake.base_url + INTROSPECT, headers={"Authorization": f"Bearer {token}"}) as response:
+            assert response.status == 503 and response.headers["Retry-After"] == "1.5"
+            body = await response.json()
+            assert body["error_message"] == "maintenance" and body["error_code"] == "api_error.internal_server_error"
+    assert (await introspect(http, fake, token))[0] == 200
+    await admin(http, fake, "POST", "faults", {"status": 429, "error_code": "api_error.rate_limit_exceeded"})
+    await admin(http, fake, "POST", "faults", {"delay": 0.01, "times": 3})
+    status, cleared = await admin(http, fake, "DELETE", "faults")
+    assert (status, cleared) == (200, {"cleared": 4}) and fake.faults_pending() == 0
+
+
+async def test_a_disconnect_fault_drops_the_connection(fake: FakeMoneyKit, http: aiohttp.ClientSession) -> None:
+    jwks = "/.well-known/jwks.json"
+    await admin(http, fake, "POST", "faults", {"disconnect": True, "path": jwks, "times": 5})
+    with pytest.raises(aiohttp.ClientError):  # aiohttp retries a dropped GET once: 5 drops outlast that
+        async with http.get(fake.base_url + jwks) as response:
+            await response.read()
+    attempts = fake.count(jwks)
+    assert (await admin(http, fake, "DELETE", "faults")) == (200, {"cleared": 5 - attempts})
+    async with http.get(fake.base_url + jwks) as response:
+        assert response.status == 200
+
+
+async def test_settings_change_the_answers(fake: FakeMoneyKit, http: aiohttp.ClientSession) -> None:
+    status, settings = await admin(http, fake, "GET", "settings")
+    assert status == 200
+    assert settings == {"token_lifetime": 3600, "app_shape": "full", "send_client_name": True, "rate_limit": None}
+    status, settings = await admin(
+        http,
+        fake,
+        "PUT",
+        "settings",
+        {
+            "token_lifetime": 60,
+            "app_shape": "id_app_name",
+            "send_client_name": False,
+            "rate_limit": {"per_second": 0.001, "burst": 2},
+        },
+    )
+    assert status == 200 and settings["rate_limit"] == {"per_second": 0.001, "burst": 2, "retry_after": None}
+    status, minted = await admin(http, fake, "POST", "tokens", {})
+    assert minted["expires_in"] == 60
+    status, details = await introspect(http, fake, minted["access_token"])
+    assert status == 200 and set(details["app"]) == {"id", "app_name"} and "client_name" not in details
+    statuses = [(await introspect(http, fake, minted["access_token"]))[0] for _ in range(2)]
+    assert statuses == [200, 429]  # the burst of 2 is spent
+    status, settings = await admin(http, fake, "PUT", "settings", {"rate_limit": None})
+    assert settings["rate_limit"] is None and (await introspect(http, fake, minted["access_token"]))[0] == 200
+
+
+async def test_a_refused_settings_change_changes_nothing(fake: FakeMoneyKit, http: aiohttp.ClientSession) -> None:
+    status, refused = await admin(http, fake, "PUT", "settings", {"token_lifetime": 5, "app_shape": "flat"})
+    assert status == 400 and "app_shape must be one of full, app_id_name, id_app_name" in refused["error_message"]
+    assert fake.token_lifetime == 3600 and fake.app_shape == "full"
+
+
+async def test_recorded_requests_are_listed_redacted_and_cleared(
+    fake: FakeMoneyKit, http: aiohttp.ClientSession
+) -> None:
+    token = fake.mint_token()
+    await introspect(http, fake, token)
+    form = {"grant_type": "client_credentials", "client_id": fake.client_id, "client_secret": fake.client_secret}
+    async with http.post(fake.base_url + "/auth/token", data=form) as response:
+        issued = (await response.json())["access_token"]
+    status, listed = await admin(http, fake, "GET", "requests")
+    assert status == 200 and [r["path"] for r in listed["requests"]] == [INTROSPECT, "/auth/token"]
+    text = json.dumps(listed)
+    assert token not in text and fake.client_secret not in text and issued not in text
+    assert listed["requests"][0]["headers"]["Authorization"] == f"Bearer [redacted, fingerprint {fingerprint(token)}]"
+    assert listed["requests"][1]["form"]["client_secret"] == "[redacted]"
+    assert (await admin(http, fake, "DELETE", "requests")) == (200, {"cleared": 2})
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "expected", "fragment"),
+    [
+        ("POST", "tokens/revoke", {}, 400, "access_token is required"),
+        ("POST", "tokens/revoke", {"access_token": 5}, 400, "access_token must be a non-empty string"),
+        ("POST", "tokens/expire", {"access_token": "never-issued"}, 404, "never issued the token with fingerprint"),
+        ("POST", "tokens", {"expires_in": "60"}, 400, 'expires_in must be an integer >= 0 (got "60")'),
+        ("POST", "tokens", {"expires_in": True}, 400, "expires_in must be an integer"),
+        ("POST", "tokens", {"client_id": "nobody"}, 404, "no client 'nobody'"),
+        (
+            "POST",
+            "tokens",
+            {"bogus": 1},
+            400,
+            "unknown field(s) bogus; this endpoint takes client_id, scope, expires_in",
+        ),
+        ("POST", "tokens", b"not json", 400, "the body must be a JSON object"),
+        ("POST", "tokens", b"[1, 2]", 400, "the body must be a JSON object, not list"),
+        ("POST", "faults", {}, 400, "say what the fault does"),
+        ("POST", "faults", {"status": 700}, 400, "status must be an HTTP status from 100 to 599"),
+        ("POST", "faults", {"status": 503, "path": "auth/introspect"}, 400, "path must be an API path"),
+        ("POST", "faults", {"status": 503, "path": "/_sandbox/tokens"}, 400, "path must be an API path"),
+        ("POST", "faults", {"status": 503, "times": 0}, 400, "times must be an integer >= 1"),
+        ("POST", "faults", {"delay": -1}, 400, "delay must be a number >= 0"),
+        ("POST", "clients/disable", {"at": "tomorrow"}, 400, "at must be an ISO 8601 date-time"),
+        ("PUT", "settings", {"rate_limit": 5}, 400, "rate_limit must be null or"),
+        ("PUT", "settings", {"rate_limit": {"burst": 5}}, 400, "rate_limit.per_second is required"),
+        ("PUT", "settings", {"token_lifetime": 0}, 400, "token_lifetime must be an integer >= 1"),
+        ("PUT", "settings", {"send_client_name": "no"}, 400, 'send_client_name must be true or false (got "no")'),
+        ("GET", "nowhere", None, 404, "no admin endpoint /_sandbox/nowhere; the admin API has"),
+        ("GET", "tokens", None, 405, "/_sandbox/tokens accepts POST"),
+    ],
+)
+async def test_bad_admin_input_is_a_json_error_that_says_what_to_send(
+    fake: FakeMoneyKit,
+    http: aiohttp.ClientSession,
+    method: str,
+    path: str,
+    body: Any,
+    expected: int,
+    fragment: str,
+) -> None:
+    raw = body if isinstance(body, bytes) else None
+    status, answer = await admin(http, fake, method, path, None if raw is not None else body, raw=raw)
+    assert status == expected
+    assert answer["error_code"].startswith("sandbox_error.") and fragment in answer["error_message"], answer
+    assert "never-issued" not in answer["error_message"]  # tokens are fingerprinted, never echoed
+    assert fake.issued_tokens == [] and fake.count() == 0
+
+
+async def test_admin_calls_are_never_faulted_throttled_or_recorded(
+    fake: FakeMoneyKit, http: aiohttp.ClientSession
+) -> None:
+    fake.inject(None, Fault(status=503))
+    fake.limit_rate(1e-6, burst=1)
+    for _ in range(3):
+        assert (await admin(http, fake, "POST", "tokens", {}))[0] == 201
+    assert fake.faults_pending() == 1 and fake.throttled == 0 and fake.count() == 0
+
+
+async def test_the_admin_api_can_be_turned_off(no_leaked_tasks: None, http: aiohttp.ClientSession) -> None:
+    async with FakeMoneyKit(admin=False) as fake:
+        async with http.post(fake.base_url + ADMIN + "tokens", json={}) as response:
+            assert response.status == 404
+            assert (await response.json())["error_code"] == "api_error.request.not_found"
+        assert fake.issued_tokens == [] and fake.count(ADMIN + "tokens") == 1  # an ordinary unknown path
+
+
+# -- the README's curl session -------------------------------------------------------------------------
+
+# Kept word for word in the README ("Sandbox admin API"); BASE is set by the test.
+CURL_SESSION = r"""
+BASE=${BASE:-http://127.0.0.1:8765}
+TOKEN=$(curl -s -X POST "$BASE/_sandbox/tokens" -H 'Content-Type: application/json' -d '{}' \
+  | sed -E 's/.*"access_token": *"([^"]+)".*/\1/')
+curl -s -o /dev/null -w '%{http_code}\n' "$BASE/auth/introspect" -H "Authorization: Bearer $TOKEN"
+curl -s -X POST "$BASE/_sandbox/tokens/revoke" -H 'Content-Type: application/json' \
+  -d "{\"access_token\": \"$TOKEN\"}"; echo
+curl -s -o /dev/null -w '%{http_code}\n' "$BASE/auth/introspect" -H "Authorization: Bearer $TOKEN"
+"""
+
+
+async def test_the_readme_curl_session(fake: FakeMoneyKit) -> None:
+    curl, bash = shutil.which("curl"), shutil.which("bash")
+    if curl is None or bash is None:
+        pytest.skip("needs curl and bash")
+    process = await asyncio.create_subprocess_exec(
+        bash,
+        "-euc",
+        CURL_SESSION,
+        env=clean_env(BASE=fake.base_url),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, err.decode()
+    first, revoked, last = out.decode().splitlines()
+    assert (first, last) == ("200", "401")
+    token = fake.issued_tokens[0]
+    assert json.loads(revoked) == {"revoked": True, "fingerprint": fingerprint(token)}
+    assert [r.path for r in fake.requests] == [INTROSPECT, INTROSPECT]
+
+
+# -- the CLI against a running sandbox -----------------------------------------------------------------
+
+
+async def cli(*args: str, stdin: bytes = b"", **env: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        *CLI,
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=clean_env(**env),
+    )
+    out, err = await asyncio.wait_for(process.communicate(stdin), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.slow
+async def test_cli_subcommands_drive_a_running_sandbox(no_leaked_tasks: None, tmp_path: Path) -> None:
+    state_file = tmp_path / "sandbox.json"
+    server = await asyncio.create_subprocess_exec(
+        *CLI,
+        "sandbox",
+        "--state-file",
+        str(state_file),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=clean_env(),
+    )
+    assert server.stdout is not None
+    try:
+        exported: dict[str, str] = {}
+        while (
+            line := (await asyncio.wait_for(server.stdout.readline(), timeout=60)).decode()
+        ) != "Press Ctrl-C to stop.\n":
+            assert line, "the sandbox exited early"
+            if line.startswith("export "):
+                name, _, value = line.removeprefix("export ").partition("=")
+                exported[name] = value.split()[0]
+        state = json.loads(state_file.read_text())
+        assert stat.S_IMODE(state_file.stat().st_mode) == 0o600  # it holds the (sandbox) secret
+        assert (state["base_url"], state["client_id"], state["client_secret"]) == (
+            exported["MONEYKIT_BASE_URL"],
+            exported["MONEYKIT_CLIENT_ID"],
+            exported["MONEYKIT_CLIENT_SECRET"],
+        )
+        base = state["base_url"]
+        located = ("--state-file", str(state_file))
+
+        code, token, err = await cli("sandbox", "mint", *located)
+        assert code == 0, err
+        token = token.strip()
+        code, out, err = await cli("introspect", "-", stdin=token.encode(), MONEYKIT_BASE_URL=base)
+        assert code == 0 and json.loads(out)["client_id"] == state["client_id"], err
+
+        code, out, err = await cli("sandbox", "revoke", *located, stdin=f"{token}\n".encode())
+        assert (code, out) == (0, f"revoked the token with fingerprint {fingerprint(token)}\n"), err
+        code, _, err = await cli("introspect", "-", stdin=token.encode(), MONEYKIT_BASE_URL=base)
+        assert code == 1 and "AuthenticationError" in err
+
+        code, out, err = await cli("sandbox", "mint", "--json", "--expires-in", "60", MONEYKIT_BASE_URL=base)
+        minted = json.loads(out)
+        assert code == 0 and minted["expires_in"] == 60 and minted["token_type"] == "bearer", err
+        code, out, err = await cli("sandbox", "expire", minted["access_token"], "--base-url", base)
+        assert code == 0 and out.startswith("expired the token"), err
+        code, _, err = await cli("introspect", "-", stdin=minted["access_token"].encode(), MONEYKIT_BASE_URL=base)
+        assert code == 1 and "ExpiredAccessTokenError" in err
+
+        code, out, err = await cli("sandbox", "fault", "--status", "404", "--path", INTROSPECT, *located)
+        assert (code, out) == (0, f"queued 1 fault(s) for {INTROSPECT}\n"), err
+        valid = (await cli("sandbox", "mint", *located))[1].strip()
+        code, _, err = await cli("introspect", "-", stdin=valid.encode(), MONEYKIT_BASE_URL=base)
+        assert code == 5 and "HTTP 404" in err
+        await cli("sandbox", "fault", "--status", "503", "--times", "2", *located)
+        code, out, _ = await cli("sandbox", "clear-faults", *located)
+        assert (code, out) == (0, "cleared 2 queued fault(s)\n")
+
+        code, out, err = await cli(
+            "sandbox", "add-client", "--client-id", "ci_client", "--scope", "institutions:read", *located
+        )
+        client = json.loads(out)
+        assert code == 0 and client["client_id"] == "ci_client" and client["scope"] == "institutions:read", err
+        own = {
+            "MONEYKIT_BASE_URL": base,
+            "MONEYKIT_CLIENT_ID": "ci_client",
+            "MONEYKIT_CLIENT_SECRET": client["client_secret"],
+        }
+        code, out, err = await cli("introspect", **own)
+        assert code == 0 and json.loads(out)["client_id"] == "ci_client", err
+        code, out, err = await cli("sandbox", "disable", "--client-id", "ci_client", *located)
+        assert code == 0 and out.startswith("disabled client ci_client from "), err
+        code, _, err = await cli("introspect", **own)
+        assert code == 3 and "TokenRefreshError" in err  # the credentials are refused now
+
+        code, out, err = await cli("sandbox", "requests", *located)
+        records = [json.loads(line) for line in out.splitlines()]
+        assert code == 0 and {r["path"] for r in records} == {INTROSPECT, "/auth/token"}, err
+        assert not any(secret in out for secret in (token, valid, minted["access_token"], client["client_secret"]))
+    finally:
+        if server.returncode is None:
+            server.send_signal(signal.SIGTERM)
+        out_rest, _ = await asyncio.wait_for(server.communicate(), timeout=30)
+    assert server.returncode == 0
+    assert "sandbox stopped" in out_rest.decode()
+    assert not state_file.exists()  # removed on exit: a stale file never points at a dead sandbox
+
+
+async def test_cli_subcommand_errors_are_one_line_with_a_status(
+    no_leaked_tasks: None, unused_port: int, tmp_path: Path
+) -> None:
+    code, out, err = await cli("sandbox", "mint")
+    assert (code, out) == (2, "") and "which sandbox? pass --base-url URL or --state-file PATH" in err
+    code, _, err = await cli("sandbox", "mint", "--base-url", f"http://127.0.0.1:{unused_port}")
+    assert code == 6 and "cannot reach the sandbox" in err and len(err.splitlines()) == 1
+    code, _, err = await cli("sandbox", "mint", "--state-file", str(tmp_path / "missing.json"))
+    assert code == 2 and "cannot read the --state-file" in err
+    code, _, err = await cli("sandbox", "fault", "--base-url", "http://127.0.0.1:1")
+    assert code == 2 and "--status N, --delay SECONDS or --disconnect" in err
+    code, _, err = await cli("sandbox", "--port", "70000")
+    assert code == 2 and "--port must be from 0" in err
+    async with FakeMoneyKit() as fake, FakeMoneyKit(admin=False) as plain:
+        secret_token = "mk_sandbox_not_issued_here"
+        code, _, err = await cli("sandbox", "revoke", "--base-url", fake.base_url, stdin=secret_token.encode())
+        assert code == 2 and "the sandbox refused" in err and fingerprint(secret_token) in err
+        assert secret_token not in err and len(err.splitlines()) == 1
+        code, _, err = await cli("sandbox", "mint", "--base-url", plain.base_url)
+        assert code == 2 and "did not answer as a moneykit-async sandbox (HTTP 404" in err
+
+
+async def test_the_sandbox_warns_when_its_admin_api_is_reachable_from_elsewhere(no_leaked_tasks: None) -> None:
+    server = await asyncio.create_subprocess_exec(
+        *CLI,
+        "sandbox",
+        "--host",
+        "0.0.0.0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=clean_env(),
+    )
+    assert server.stderr is not None
+    try:
+        warning = (await asyncio.wait_for(server.stderr.readline(), timeout=60)).decode()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(server.communicate(), timeout=30)
+    assert "anyone who can reach" in warning and "--no-admin" in warning
+    assert server.returncode == 0
+
+
+async def test_the_cli_admin_client_explains_what_it_cannot_use(no_leaked_tasks: None, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="must be an http"):
+        await admin_call("ftp://127.0.0.1:1", "GET", "")
+    async with FakeMoneyKit(admin=False) as plain:
+        plain.inject(None, Fault(status=200, body=b"<html>hello</html>", content_type="text/html"))
+        with pytest.raises(UsageError, match=r"did not answer as a moneykit-async sandbox \(HTTP 200"):
+            await admin_call(plain.base_url, "GET", "")
+    async with FakeMoneyKit() as fake:
+        assert (await admin_call(fake.base_url + "/", "GET", ""))["client_id"] == fake.client_id
+        with pytest.raises(InvalidInputError, match="the sandbox refused: no client 'nobody'"):
+            await admin_call(fake.base_url, "POST", "tokens", {"client_id": "nobody"})
+    with pytest.raises(UsageError, match="cannot write the --state-file"):
+        write_state(str(tmp_path / "missing-dir" / "state.json"), {"base_url": "x"})
+    state = tmp_path / "state.json"
+    write_state(str(state), {"client_id": "no base_url here"})
+    with pytest.raises(UsageError, match="has no base_url"):
+        sandbox_url(Namespace(base_url=None, state_in=str(state)))
+    state.write_text("{not json")
+    with pytest.raises(UsageError, match="not JSON"):
+        sandbox_url(Namespace(base_url=None, state_in=str(state)))
+    assert sandbox_url(Namespace(base_url="http://x:1", state_in=str(state))) == "http://x:1"  # --base-url first
