@@ -27,8 +27,9 @@ import attrs
 from ._config import check_whole
 from ._errors import ClientDisabledError, MoneyKitError, SessionClosedError, UsageError
 from ._models import AccessTokenDetails, fingerprint
+from ._pipeline import Requeue
 
-__all__ = ["BatchResults", "IntrospectionFailed", "IntrospectionOk", "IntrospectionResult", "Requeue"]
+__all__ = ["BatchResults", "IntrospectionFailed", "IntrospectionOk", "IntrospectionResult"]
 
 
 @attrs.frozen
@@ -80,17 +81,6 @@ class IntrospectionFailed:
 
 # One token's outcome in a batch. A union, so `if result.ok: result.details...` type-checks.
 IntrospectionResult: TypeAlias = IntrospectionOk | IntrospectionFailed
-
-
-class Requeue(Exception):
-    """Raised by a batch's check: send this token again in `after` seconds (a 429 is flow control).
-
-    The worker moves on to other tokens meanwhile; the token keeps its place in the output order.
-    """
-
-    def __init__(self, after: float) -> None:
-        super().__init__(f"send again in {after:g} s")
-        self.after = after
 
 
 Check = Callable[[str], Awaitable[AccessTokenDetails]]

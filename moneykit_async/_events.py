@@ -144,9 +144,11 @@ class Hooks:
         self._update()
 
         def remove() -> None:
-            if hook in self._hooks:
-                self._hooks.remove(hook)
-                self._update()
+            for index, added in enumerate(self._hooks):
+                if added is hook:  # this registration (by identity), even if an equal hook was added too
+                    del self._hooks[index]
+                    self._update()
+                    return
 
         return remove
 

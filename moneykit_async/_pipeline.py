@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 
 from yarl import URL
 
-from ._batch import Requeue
 from ._deadline import Deadline
 from ._errors import (
     RATE_LIMIT_EXCEEDED,
@@ -47,7 +46,7 @@ from ._rate import RateController, SharedRate
 from ._retry import RetryBudget, RetryPolicy, backoff_delay, retry_delay, session_pause
 from ._transport import CLOSED_IN_FLIGHT, Transport
 
-__all__ = ["MAX_THROTTLED_RETRIES", "Pipeline"]
+__all__ = ["MAX_THROTTLED_RETRIES", "Pipeline", "Requeue"]
 
 logger = logging.getLogger("moneykit_async")
 _T = TypeVar("_T")
@@ -58,6 +57,17 @@ MAX_THROTTLED_RETRIES = 50
 SHARED_RETRY = 5.0
 # asyncio may run a timer up to its clock resolution early; the deadline counts as reached within this.
 _TIMER_SLACK = 0.001
+
+
+class Requeue(Exception):
+    """Raised by a batch's check: send this token again in `after` seconds (a 429 is flow control).
+
+    The worker moves on to other tokens meanwhile; the token keeps its place in the output order.
+    """
+
+    def __init__(self, after: float) -> None:
+        super().__init__(f"send again in {after:g} s")
+        self.after = after
 
 
 class Pipeline:
@@ -218,6 +228,9 @@ class Pipeline:
             if slots is not None:
                 if slots.locked():  # every connection is busy: wait for one, bounded by the deadline only
                     await deadline.bound(slots.acquire())
+                    if self.closed:  # close() ran while this call waited: it must send nothing now
+                        slots.release()
+                        raise SessionClosedError(CLOSED_IN_FLIGHT)
                 else:
                     await slots.acquire()  # free: returns at once
             # The attempt is bounded by Timeout.attempt or the call's deadline, whichever comes first.

@@ -16,14 +16,14 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self, TypeVar
 
 from ._auth import DEFAULT_STORE_TIMEOUT, OnTokenRefresh, TokenManager
-from ._batch import BatchResults, Requeue
+from ._batch import BatchResults
 from ._cache import IntrospectionCache
 from ._config import DEFAULT_MAX_RESPONSE_BYTES, Timeout
 from ._deadline import Deadline
 from ._errors import ConfigurationError, ExpiredAccessTokenError, RateLimitError, SessionClosedError
 from ._events import Hooks, OnEvent, TokenRefreshed, emit
 from ._models import AccessToken, AccessTokenDetails, JsonWebKeySet, fingerprint
-from ._pipeline import Pipeline
+from ._pipeline import Pipeline, Requeue
 from ._protocol import INTROSPECT, JWKS, ClientAuth, Endpoint, check_token, token_endpoint, token_request
 from ._rate import SharedRate
 from ._retry import RetryPolicy
@@ -68,9 +68,9 @@ class MoneyKitSession:
       store is logged, the session mints on its own and leaves the store alone for 30 s.
     - `rate_limit`: a known MoneyKit limit in requests/s, paced under from the first request. Without
       it the session learns the allowed rate from 429s (see `send_rate`, `throttled`).
-    - `on_event`: a quick sync callable that receives `RequestStarted`, `RequestFinished`,
-      `RetryScheduled`, `RateChanged`, `RateLimitPaused` and `TokenRefreshed` events (fingerprints,
-      never tokens).
+    - `on_event`: a quick sync callable that receives `CallStarted`, `CallFinished`, `RequestStarted`,
+      `RequestFinished`, `RetryScheduled`, `RateChanged`, `RateLimitPaused` and `TokenRefreshed` events
+      (fingerprints, never tokens); `add_event_hook` adds more hooks later.
     - `on_token_refresh`: sync or async callable run once per new token, after the callers waiting for
       the token have it, in a task of its own bounded to 10 s; its errors and timeouts are logged only.
     - `ssl`: a custom `ssl.SSLContext` (verification stays on); `trust_env`: honour proxy and netrc
@@ -131,6 +131,13 @@ class MoneyKitSession:
             raise ConfigurationError("introspection_cache must be an IntrospectionCache")
         if transport is not None and not isinstance(transport, Transport):
             raise ConfigurationError("transport must implement Transport (capacity, bind, send and close)")
+        if transport is not None and (
+            session is not None or max_connections is not None or ssl is not None or trust_env
+        ):
+            raise ConfigurationError(
+                "session, max_connections, ssl and trust_env configure the SDK's aiohttp transport; "
+                "with transport=, configure your transport instead"
+            )
         if transport is None:
             transport = AiohttpTransport(
                 session=session,
@@ -185,7 +192,9 @@ class MoneyKitSession:
     async def close(self) -> None:
         """Stop batches, token refresh and cache loads of this session, and close the pool the SDK owns.
 
-        Calls in flight or waiting end with SessionClosedError. Safe to call twice.
+        Calls in flight or waiting end with SessionClosedError, and nothing is sent once close() has
+        begun. With a borrowed `session=`, whose pool stays open, a request already on the wire is let
+        finish. Safe to call twice.
         """
         if self._shutdown is None:
             self._closed = True
@@ -277,10 +286,12 @@ class MoneyKitSession:
             return await self._request(INTROSPECT, bearer=None, deadline=self._deadline(INTROSPECT.label))
         given = check_token(token)
         cache = self._cache
-        if cache is not None and (cached := cache.lookup(given)) is not None:
-            if self._closed:
-                raise SessionClosedError(_CLOSED)
-            return cached  # a hit: no deadline, no task, no timer
+        if cache is not None:
+            self._transport.bind()  # this loop's thread only, hit or miss: the cache is not thread-safe
+            if (cached := cache.lookup(given)) is not None:
+                if self._closed:
+                    raise SessionClosedError(_CLOSED)
+                return cached  # a hit: no deadline, no task, no timer
         deadline = self._deadline(INTROSPECT.label)
         if cache is None:
             return await self._request(INTROSPECT, bearer=given, deadline=deadline)  # the hot path

@@ -134,8 +134,6 @@ class AiohttpTransport:
         return loop
 
     def _open(self) -> aiohttp.ClientSession:
-        if self._closed:
-            raise SessionClosedError(CLOSED_IN_FLIGHT)
         connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
         self._client = aiohttp.ClientSession(
             connector=connector,
@@ -148,6 +146,8 @@ class AiohttpTransport:
     async def send(
         self, method: str, url: URL, headers: Mapping[str, str], form: Mapping[str, str] | None, limit: float | None
     ) -> Answer:
+        if self._closed:  # a borrowed pool stays open: refuse here what close() must stop
+            raise SessionClosedError(CLOSED_IN_FLIGHT)
         client = self._client or self._open()
         if self._borrowed is not None:
             headers = {**self._defaults, **headers}

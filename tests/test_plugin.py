@@ -61,4 +61,3 @@ def test_a_users_own_test_file_runs_with_the_plugin(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed" in result.stdout
-

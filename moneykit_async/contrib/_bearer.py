@@ -14,6 +14,8 @@ token, and turns the outcome into a `Decision` with `authorize` (details + requi
     AuthenticationError (unknown or revoked token)    401    ..., error="invalid_token", error_description=...
     ExpiredAccessTokenError                           401    ..., error="invalid_token"
     PermissionDeniedError (MoneyKit refused it)       401    ..., error="invalid_token"
+    a 401/403 without MoneyKit's error_code (a proxy  503    none (MoneyKit did not judge the token)
+      or gateway answered, e.g. with HTML)
     client disabled (details.is_disabled(), or a      401    ..., error="invalid_token"
       ClientDisabledError)
     InvalidInputError (unsendable token)              400    ..., error="invalid_request"
@@ -185,6 +187,10 @@ def deny(error: BaseException) -> Decision:
     """The decision when `introspect` raised `error`: never allowed (see the module's table)."""
     if isinstance(error, ExpiredAccessTokenError):
         return Decision(401, "invalid_token", "the access token expired")
+    if isinstance(error, AuthenticationError | PermissionDeniedError) and error.error_code is None:
+        # A 401/403 without MoneyKit's error body: a proxy or gateway answered, not MoneyKit. Telling the
+        # client its token is invalid would make it throw a good token away during an outage.
+        return _unavailable("MoneyKit could not be reached to check the access token; retry later")
     if isinstance(error, AuthenticationError):
         return Decision(401, "invalid_token", "the access token is invalid or revoked")
     if isinstance(error, PermissionDeniedError):

@@ -20,9 +20,10 @@
 `setup` gives the application ONE shared `MoneyKitSession`, created and closed through
 `app.cleanup_ctx` (with an `IntrospectionCache` by default), and a middleware that lets no request through
 without a valid token unless its handler is marked `@public` (or `protect_all=False`: then only handlers
-decorated with `@require_scopes` are protected). CORS preflights (OPTIONS with
-Access-Control-Request-Method), which browsers send without credentials, and requests that match no route
-(404, 405) pass untouched. `@require_scopes` adds per-route scopes, and always enforces them itself, so a
+decorated with `@require_scopes` are protected). Requests that match no route (404, 405) pass untouched,
+and so do CORS preflights answered by aiohttp-cors' own handler (browsers send them without
+credentials); mark a preflight handler of your own `@public`. Any other OPTIONS request needs a token.
+`@require_scopes` adds per-route scopes, and always enforces them itself, so a
 route never opens up because a middleware is missing.
 
 Answers (see `moneykit_async.contrib._bearer` for the full table): 401 with `WWW-Authenticate: Bearer
@@ -204,11 +205,12 @@ def _middleware(state: _State) -> Middleware:
     ) -> web.StreamResponse:
         match_info = request.match_info
         # No route (404/405): let aiohttp answer; a public handler: no token needed; a CORS preflight never
-        # carries credentials (Fetch standard), so demanding a token there would break every browser client.
+        # carries credentials (Fetch standard), so aiohttp-cors' own preflight handler is let through. Any
+        # other OPTIONS handler needs a token: the preflight headers are the client's to choose.
         if (
             match_info.http_exception is not None
             or getattr(match_info.handler, _PUBLIC, False)
-            or (request.method == hdrs.METH_OPTIONS and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers)
+            or (request.method == hdrs.METH_OPTIONS and _is_cors_preflight_handler(match_info))
         ):
             return await handler(request)
         outcome = await _authenticate(request, state, state.scopes)
@@ -218,6 +220,15 @@ def _middleware(state: _State) -> Middleware:
         return await handler(request)
 
     return moneykit_auth
+
+
+def _is_cors_preflight_handler(match_info: web.UrlMappingMatchInfo) -> bool:
+    """Whether the matched handler is aiohttp-cors' preflight handler (it answers preflights only, with no
+    data of the application). A handler of your own for preflights can be marked `@public`."""
+    route = match_info.route
+    handler = match_info.handler
+    owner = getattr(handler, "__self__", handler)
+    return route.method == hdrs.METH_OPTIONS and type(owner).__module__.startswith("aiohttp_cors")
 
 
 async def _authenticate(

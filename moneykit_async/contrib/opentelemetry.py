@@ -1,41 +1,46 @@
-"""OpenTelemetry traces and metrics for a `MoneyKitSession`, built on its `on_event` hook.
+"""OpenTelemetry traces and metrics for a `MoneyKitSession`, built on its event hooks.
 
     from moneykit_async import MoneyKitSession
-    from moneykit_async.contrib.opentelemetry import MoneyKitTelemetry
+    from moneykit_async.contrib.opentelemetry import instrument
 
-    telemetry = MoneyKitTelemetry()  # or MoneyKitTelemetry(tracer_provider=..., meter_provider=...)
-    mk = MoneyKitSession(on_event=telemetry)
-    telemetry.bind(mk)  # server.address, and the send-rate / 429 / cache instruments
+    mk = MoneyKitSession()
+    telemetry = instrument(mk)  # or instrument(mk, tracer_provider=..., meter_provider=...)
+    ...
+    telemetry.uninstrument()    # optional: new calls are no longer traced or measured
 
-`instrument(session)` does both in one call on a session that can take a hook after construction
-(`MoneyKitSession.add_event_hook`); on one that cannot, it raises TypeError saying to pass
-`on_event=MoneyKitTelemetry(...)` instead.
+`MoneyKitTelemetry` is the hook itself: `MoneyKitSession(on_event=telemetry)` plus `telemetry.bind(mk)`
+does what `instrument` does, for the life of the session.
 
-Traces: one INTERNAL span per API call ("MoneyKit GET /auth/introspect"), a child of the current span,
-with one CLIENT child span per attempt ("GET /auth/introspect") carrying the HTTP client semantic
-conventions: `http.request.method`, `server.address`, `server.port`, `url.full`, `url.template`,
-`http.response.status_code`, `error.type`, and `http.request.resend_count` on resends (attempt 2 is
-resend 1). A retry adds a "moneykit.retry" event (delay, reason) to the call span.
+Traces: one INTERNAL span per API call ("MoneyKit GET /auth/introspect"), a child of the span current
+where the call was made. It starts when the call starts (so it covers pacing, pauses and retry waits)
+and ends when the call ends, however it ends: `error.type` is then the class name of what the call
+raised (`AuthenticationError`, `ServerError`, `CancelledError`...), even when it failed before sending
+anything; `moneykit.attempts` counts the requests it sent. Each attempt is a CLIENT child span
+("GET /auth/introspect") with the HTTP client semantic conventions: `http.request.method`,
+`server.address`, `server.port`, `url.full`, `url.template`, `http.response.status_code`, `error.type`
+(the status code for an error status, else the error's class), and `http.request.resend_count` on
+resends (attempt 2 is resend 1). A retry adds a "moneykit.retry" event (delay, reason, attempt) to the
+call span. An introspection answered from the cache sends nothing, so it has no span; the session's
+own token request is a call of its own ("MoneyKit POST /auth/token").
 
 Metrics: `http.client.request.duration` (histogram, s, per attempt, with the conventional attributes),
 `moneykit.client.retries`, `moneykit.client.token.refreshes`, `moneykit.client.rate_limit.pause.duration`
 (histogram, s: its count is the number of session-wide pauses, after a 503 with Retry-After or 429s that
 persisted), and once bound: `moneykit.client.throttled` (429 answers), `moneykit.client.send_rate` (the
-learned rate, requests/s) and `moneykit.client.introspection_cache.lookups` (`moneykit.cache.result` =
-hit or miss; for the cache passed to `bind`).
+learned rate, requests/s, while throttled) and `moneykit.client.introspection_cache.lookups`
+(`moneykit.cache.result` = hit or miss). These three are observed per server: sessions instrumented
+with the same meter provider are summed (each cache counted once).
 
 No attribute ever holds a token or a secret: events carry none, and the only token-derived value is the
-12-character `moneykit.token.fingerprint` on call spans (the same fingerprint the SDK logs). A call
-span is matched to its attempts by the task that runs the call; a call that ends without a final event
-(cancelled, or the session closed during a retry wait) is ended when its task finishes or starts
-another call. Install with the `otel` extra.
+12-character `moneykit.token.fingerprint` on call spans (the same fingerprint the SDK logs); metrics
+never carry it. Install with the `otel` extra.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterable
-from typing import Any
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
 
 try:
     from opentelemetry import metrics, trace
@@ -50,6 +55,8 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subproce
 from yarl import URL
 
 from moneykit_async import (
+    CallFinished,
+    CallStarted,
     Event,
     IntrospectionCache,
     MoneyKitSession,
@@ -68,24 +75,12 @@ SCOPE_NAME = "moneykit_async"
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
 
-class _Call:
-    """The spans of one API call in flight, in the task that runs it."""
-
-    __slots__ = ("attempt", "ended", "failed", "retrying", "span")
-
-    def __init__(self, span: Span) -> None:
-        self.span = span
-        self.attempt: Span | None = None
-        self.retrying = False
-        self.failed: str | None = None  # error.type of the last attempt, while it may still be retried
-        self.ended = False
-
-
 class MoneyKitTelemetry:
-    """An `on_event` hook that turns a session's events into OpenTelemetry spans and metrics.
+    """An event hook that turns one session's events into OpenTelemetry spans and metrics.
 
-    Pass it as `MoneyKitSession(on_event=telemetry)` and call `telemetry.bind(session)`; one telemetry
-    per session (events do not say which session sent them). Providers default to the global ones.
+    `instrument(session)` creates, binds and adds one. Used as `on_event=` instead, call
+    `telemetry.bind(session)` too. One telemetry per session: call ids, which tie attempts to their
+    call, are unique within a session only. Providers default to the global ones.
     """
 
     def __init__(
@@ -119,70 +114,50 @@ class MoneyKitTelemetry:
         self._base_url: str | None = None
         self._session: MoneyKitSession | None = None
         self._cache: IntrospectionCache | None = None
-        self._calls: dict[asyncio.Task[Any], _Call] = {}
+        self._remove: Callable[[], None] | None = None  # removes the hook instrument() added
+        self._calls: dict[int, Span] = {}  # call_id -> the call's span, from CallStarted to CallFinished
+        self._attempts: dict[int, Span] = {}  # call_id -> its attempt in flight
 
     # -- binding -----------------------------------------------------------------------------------
 
     def bind(self, session: MoneyKitSession, *, cache: IntrospectionCache | None = None) -> None:
         """Learn the session's server (for `server.address`, `server.port`, `url.full`) and observe its
-        429 count, send rate and, if given (or exposed by the session), its introspection cache. Once per
-        telemetry."""
+        429 count, send rate and introspection cache (`cache`, by default the session's own). Once per
+        telemetry: binding the same session again does nothing, another one raises ValueError."""
         if self._session is not None:
             if self._session is session:
                 return
             raise ValueError("this MoneyKitTelemetry is bound to another session; use one per session")
-        if cache is None:  # a session that exposes its cache (a planned public property) needs no cache=
-            exposed = getattr(session, "introspection_cache", None)
-            cache = exposed if isinstance(exposed, IntrospectionCache) else None
         url = URL(session.base_url)
-        self._session, self._cache = session, cache
+        self._session = session
+        self._cache = cache if cache is not None else session.introspection_cache
         self._base_url = str(url.with_user(None).with_query(None).with_fragment(None)).rstrip("/")
         self._server = {"server.address": url.host or "", "server.port": url.port or 443}
-        self._meter.create_observable_counter(
-            "moneykit.client.throttled",
-            callbacks=[self._observe_throttled],
-            unit="{response}",
-            description="429 answers the session received.",
-        )
-        self._meter.create_observable_gauge(
-            "moneykit.client.send_rate",
-            callbacks=[self._observe_rate],
-            unit="{request}/s",
-            description="The send rate the session keeps to, learned from 429s (absent while unthrottled).",
-        )
-        if cache is not None:
-            self._meter.create_observable_counter(
-                "moneykit.client.introspection_cache.lookups",
-                callbacks=[self._observe_cache],
-                unit="{lookup}",
-                description="Introspections answered from the cache (hit) or sent to MoneyKit (miss).",
-            )
+        _Observed.of(self._meter).add(self)
 
-    def _observe_throttled(self, options: CallbackOptions) -> Iterable[Observation]:
-        session = self._session
-        return [] if session is None else [Observation(session.throttled, self._server)]
-
-    def _observe_rate(self, options: CallbackOptions) -> Iterable[Observation]:
-        rate = None if self._session is None else self._session.send_rate
-        return [] if rate is None else [Observation(rate, self._server)]
-
-    def _observe_cache(self, options: CallbackOptions) -> Iterable[Observation]:
-        cache = self._cache
-        if cache is None:
-            return []
-        return [
-            Observation(cache.hits, {"moneykit.cache.result": "hit"}),
-            Observation(cache.misses, {"moneykit.cache.result": "miss"}),
-        ]
+    def uninstrument(self) -> None:
+        """Stop: new calls are no longer traced or measured, and the session is no longer observed.
+        Calls already under way still end their spans. A telemetry passed as `on_event=` cannot be
+        removed from its session: only the observations stop. Calling it again does nothing."""
+        remove, self._remove = self._remove, None
+        if remove is not None:
+            remove()
+        observed = _Observed.meters.get(self._meter)
+        if observed is not None:
+            observed.discard(self)
 
     # -- events ------------------------------------------------------------------------------------
 
     def __call__(self, event: Event) -> None:
-        """The `on_event` hook: quick, synchronous, never raises into the session (the SDK logs it)."""
-        if isinstance(event, RequestStarted):
-            self._started(event)
+        """The hook: quick, synchronous, never raises into the session (the SDK logs it)."""
+        if isinstance(event, CallStarted):
+            self._call_started(event)
+        elif isinstance(event, RequestStarted):
+            self._attempt_started(event)
         elif isinstance(event, RequestFinished):
-            self._finished(event)
+            self._attempt_finished(event)
+        elif isinstance(event, CallFinished):
+            self._call_finished(event)
         elif isinstance(event, RetryScheduled):
             self._retry(event)
         elif isinstance(event, TokenRefreshed):
@@ -190,44 +165,31 @@ class MoneyKitTelemetry:
         elif isinstance(event, RateLimitPaused):
             self._pauses.record(event.delay)
 
-    def _started(self, event: RequestStarted) -> None:
-        task = _current_task()
-        if task is None:
+    def _call_started(self, event: CallStarted) -> None:
+        attributes: dict[str, Any] = {"http.request.method": event.method, "url.template": event.path, **self._server}
+        if event.fingerprint is not None:
+            attributes["moneykit.token.fingerprint"] = event.fingerprint
+        self._calls[event.call_id] = self._tracer.start_span(
+            f"MoneyKit {event.method} {event.path}", kind=SpanKind.INTERNAL, attributes=attributes
+        )
+
+    def _attempt_started(self, event: RequestStarted) -> None:
+        call = self._calls.get(event.call_id)
+        if call is None:  # a call that started before this telemetry was added: no span to hang it on
             return
-        call = self._calls.get(task)
-        if call is not None and (event.attempt == 1 or call.ended):
-            self._end_call(task, call, call.failed or "abandoned")  # its end event never came
-            call = None
-        if call is None:
-            attributes: dict[str, Any] = {
-                "http.request.method": event.method,
-                "url.template": event.path,
-                **self._server,
-            }
-            if event.fingerprint is not None:
-                attributes["moneykit.token.fingerprint"] = event.fingerprint
-            span = self._tracer.start_span(
-                f"MoneyKit {event.method} {event.path}", kind=SpanKind.INTERNAL, attributes=attributes
-            )
-            call = self._calls[task] = _Call(span)
-            task.add_done_callback(self._task_done)
-        elif call.attempt is not None:  # an attempt whose end we never heard of
-            _end_span(call.attempt, "abandoned")
-        call.retrying = False
-        call.failed = None
-        attributes = {"http.request.method": event.method, "url.template": event.path, **self._server}
+        attributes: dict[str, Any] = {"http.request.method": event.method, "url.template": event.path, **self._server}
         if self._base_url is not None:
             attributes["url.full"] = self._base_url + event.path
         if event.attempt > 1:
             attributes["http.request.resend_count"] = event.attempt - 1
-        call.attempt = self._tracer.start_span(
+        self._attempts[event.call_id] = self._tracer.start_span(
             f"{event.method} {event.path}",
-            context=trace.set_span_in_context(call.span),
+            context=trace.set_span_in_context(call),
             kind=SpanKind.CLIENT,
             attributes=attributes,
         )
 
-    def _finished(self, event: RequestFinished) -> None:
+    def _attempt_finished(self, event: RequestFinished) -> None:
         error_type = _error_type(event.status, event.error)
         attributes: dict[str, Any] = {"http.request.method": event.method, "url.template": event.path, **self._server}
         if event.status is not None:
@@ -235,56 +197,32 @@ class MoneyKitTelemetry:
         if error_type is not None:
             attributes["error.type"] = error_type
         self._duration.record(event.elapsed, attributes)
-        task = _current_task()
-        call = self._calls.get(task) if task is not None else None
-        if task is None or call is None:
-            return
-        if call.attempt is not None:
+        attempt = self._attempts.pop(event.call_id, None)
+        if attempt is not None:
             if event.status is not None:
-                call.attempt.set_attribute("http.response.status_code", event.status)
-            _end_span(call.attempt, error_type)
-            call.attempt = None
-        if error_type is None:
-            self._end_call(task, call, None)
-            return
-        # A retry, if any, is scheduled before the task next yields: end the call only if none was.
-        call.failed = error_type
-        asyncio.get_running_loop().call_soon(self._end_unless_retried, task, call)
-
-    def _end_unless_retried(self, task: asyncio.Task[Any], call: _Call) -> None:
-        if not call.ended and not call.retrying:
-            self._end_call(task, call, call.failed)
+                attempt.set_attribute("http.response.status_code", event.status)
+            _end_span(attempt, error_type)
 
     def _retry(self, event: RetryScheduled) -> None:
         self._retries.add(
             1,
             {"http.request.method": event.method, "url.template": event.path, "moneykit.retry.reason": event.reason},
         )
-        task = _current_task()
-        call = self._calls.get(task) if task is not None else None
+        call = self._calls.get(event.call_id)
         if call is not None:
-            call.retrying = True
-            call.span.add_event(
+            call.add_event(
                 "moneykit.retry",
                 {"moneykit.retry.delay": event.delay, "moneykit.retry.reason": event.reason, "attempt": event.attempt},
             )
 
-    def _end_call(self, task: asyncio.Task[Any], call: _Call, error_type: str | None) -> None:
-        if call.ended:
-            return
-        call.ended = True
-        if call.attempt is not None:
-            _end_span(call.attempt, error_type or "abandoned")
-            call.attempt = None
-        _end_span(call.span, error_type)
-        if self._calls.get(task) is call:
-            del self._calls[task]
-            task.remove_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        call = self._calls.get(task)
+    def _call_finished(self, event: CallFinished) -> None:
+        attempt = self._attempts.pop(event.call_id, None)
+        if attempt is not None:  # cut short with no answer (cancelled): it ends with its call
+            _end_span(attempt, event.error or "abandoned")
+        call = self._calls.pop(event.call_id, None)
         if call is not None:
-            self._end_call(task, call, "cancelled" if task.cancelled() else call.failed or "abandoned")
+            call.set_attribute("moneykit.attempts", event.attempts)
+            _end_span(call, event.error)
 
 
 def instrument(
@@ -294,24 +232,99 @@ def instrument(
     meter_provider: metrics.MeterProvider | None = None,
     cache: IntrospectionCache | None = None,
 ) -> MoneyKitTelemetry:
-    """Instrument `session` in one call (needs `MoneyKitSession.add_event_hook`); returns the telemetry."""
-    add_hook = getattr(session, "add_event_hook", None)
-    if add_hook is None:
-        raise TypeError(
-            "this MoneyKitSession takes its event hook at construction only: create it with "
-            "on_event=MoneyKitTelemetry(...) and call telemetry.bind(session)"
-        )
+    """Trace and measure `session` from now on (`cache` defaults to the session's introspection cache).
+    Returns the telemetry; `telemetry.uninstrument()` stops it."""
     telemetry = MoneyKitTelemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
-    add_hook(telemetry)
     telemetry.bind(session, cache=cache)
+    telemetry._remove = session.add_event_hook(telemetry)
     return telemetry
 
 
-def _current_task() -> asyncio.Task[Any] | None:
-    try:
-        return asyncio.current_task()
-    except RuntimeError:  # no running loop
-        return None
+class _Observed:
+    """The observable instruments of one meter, shared by every telemetry bound on it.
+
+    The OpenTelemetry SDK keeps the callbacks of the first instrument created under a name only, so
+    each meter gets these once, and a collection sums the telemetries' sessions per server. Collections
+    may run in another thread: the telemetries are an immutable tuple (of weak references, so a
+    session dropped without `uninstrument` is not observed forever), swapped whole on each change.
+    """
+
+    meters: ClassVar[weakref.WeakKeyDictionary[metrics.Meter, _Observed]] = weakref.WeakKeyDictionary()
+
+    def __init__(self, meter: metrics.Meter) -> None:
+        self._telemetries: tuple[weakref.ref[MoneyKitTelemetry], ...] = ()
+        meter.create_observable_counter(
+            "moneykit.client.throttled",
+            callbacks=[self._throttled],
+            unit="{response}",
+            description="429 answers the session received.",
+        )
+        meter.create_observable_gauge(
+            "moneykit.client.send_rate",
+            callbacks=[self._send_rate],
+            unit="{request}/s",
+            description="The send rate the session keeps to, learned from 429s (absent while unthrottled).",
+        )
+        meter.create_observable_counter(
+            "moneykit.client.introspection_cache.lookups",
+            callbacks=[self._lookups],
+            unit="{lookup}",
+            description="Introspections answered from the cache (hit) or sent to MoneyKit (miss).",
+        )
+
+    @classmethod
+    def of(cls, meter: metrics.Meter) -> _Observed:
+        observed = cls.meters.get(meter)
+        if observed is None:
+            observed = cls.meters[meter] = cls(meter)
+        return observed
+
+    def add(self, telemetry: MoneyKitTelemetry) -> None:
+        self._telemetries = (*(ref for ref in self._telemetries if ref() is not None), weakref.ref(telemetry))
+
+    def discard(self, telemetry: MoneyKitTelemetry) -> None:
+        self._telemetries = tuple(ref for ref in self._telemetries if ref() not in (None, telemetry))
+
+    def _live(self) -> list[MoneyKitTelemetry]:
+        return [t for ref in self._telemetries if (t := ref()) is not None]
+
+    def _sessions(self) -> dict[tuple[str, int], list[MoneyKitSession]]:
+        """The observed sessions (each once) per server."""
+        found: dict[tuple[str, int], list[MoneyKitSession]] = {}
+        for telemetry in self._live():
+            session, server = telemetry._session, telemetry._server
+            if session is not None:
+                sessions = found.setdefault((server["server.address"], server["server.port"]), [])
+                if not any(s is session for s in sessions):
+                    sessions.append(session)
+        return found
+
+    def _throttled(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(sum(s.throttled for s in sessions), _server_attributes(server))
+            for server, sessions in self._sessions().items()
+        ]
+
+    def _send_rate(self, options: CallbackOptions) -> Iterable[Observation]:
+        observations = []
+        for server, sessions in self._sessions().items():
+            rates = [rate for s in sessions if (rate := s.send_rate) is not None]
+            if rates:
+                observations.append(Observation(sum(rates), _server_attributes(server)))
+        return observations
+
+    def _lookups(self, options: CallbackOptions) -> Iterable[Observation]:
+        caches = {id(t._cache): t._cache for t in self._live() if t._cache is not None}
+        if not caches:
+            return []
+        return [
+            Observation(sum(c.hits for c in caches.values()), {"moneykit.cache.result": "hit"}),
+            Observation(sum(c.misses for c in caches.values()), {"moneykit.cache.result": "miss"}),
+        ]
+
+
+def _server_attributes(server: tuple[str, int]) -> dict[str, Any]:
+    return {"server.address": server[0], "server.port": server[1]}
 
 
 def _error_type(status: int | None, error: str | None) -> str | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import ipaddress
 import json
 import math
 import secrets
@@ -36,6 +37,7 @@ from typing import Any, Final, Literal, Self, get_args
 import attrs
 from aiohttp import BasicAuth, web
 from multidict import CIMultiDict
+from yarl import URL
 
 from .._config import API_VERSION
 from .._errors import ConfigurationError, InvalidInputError, UsageError
@@ -59,6 +61,13 @@ TOKEN_PATH = "/auth/token"
 INTROSPECT_PATH = "/auth/introspect"
 JWKS_PATH = "/.well-known/jwks.json"
 ADMIN_PREFIX = "/_sandbox/"
+# Bounds of the admin API's numbers: wide enough for any test, narrow enough that nothing overflows or
+# fills memory (a JSON integer may have thousands of digits).
+MAX_LIFETIME: Final = 10 * 365 * 86400  # seconds: expires_in, token_lifetime
+MAX_DELAY: Final = 3600  # seconds a fault waits before answering
+MAX_RETRY_AFTER: Final = 7 * 86400  # seconds
+MAX_TIMES: Final = 10_000  # faults queued by one call
+MAX_RATE: Final = 1_000_000  # rate_limit.per_second, rate_limit.burst
 DEFAULT_SCOPE = "link_session:create link:data:read link:data:refresh institutions:read"
 UNAUTHORIZED = "api_error.auth.unauthorized"
 EXPIRED = "api_error.auth.expired_access_token"
@@ -765,9 +774,11 @@ class _BadInput(Exception):
 
 _ADMIN_ERROR_CODES = {
     400: "sandbox_error.invalid_request",
+    403: "sandbox_error.forbidden",
     404: "sandbox_error.not_found",
     405: "sandbox_error.method_not_allowed",
     409: "sandbox_error.conflict",
+    415: "sandbox_error.unsupported_media_type",
 }
 
 
@@ -799,14 +810,25 @@ class _Body:
             raise _BadInput(400, f"{name} is required")
         return value
 
-    def number(self, name: str, *, minimum: float, integer: bool = False) -> float | None:
+    def number(
+        self, name: str, *, minimum: float, maximum: float, integer: bool = False, above: bool = False
+    ) -> float | None:
+        """The field `name` if it is a number from `minimum` (exclusive if `above`) to `maximum`."""
         value = self._data.get(name)
         if value is None:
             return None
         kind = int if integer else (int, float)
-        if type(value) is bool or not isinstance(value, kind) or not math.isfinite(value) or value < minimum:
+        # Compared as they are, never converted: an int too large for a float has no float (OverflowError).
+        if (
+            type(value) is bool
+            or not isinstance(value, kind)
+            or (isinstance(value, float) and not math.isfinite(value))
+            or not (minimum < value if above else minimum <= value)
+            or value > maximum
+        ):
             what = "an integer" if integer else "a number"
-            raise _BadInput(400, f"{name} must be {what} >= {minimum:g} (got {json.dumps(value)})")
+            bounds = f"above {_shown(minimum)} and up to" if above else f"from {_shown(minimum)} to"
+            raise _BadInput(400, f"{name} must be {what} {bounds} {_shown(maximum)} (got {_shown(value)})")
         return value
 
     def flag(self, name: str) -> bool | None:
@@ -820,6 +842,25 @@ class _Body:
 
     def raw(self, name: str) -> Any:
         return self._data.get(name)
+
+
+def _is_loopback_host(host: str) -> bool:
+    """True for `localhost` (and its subdomains, RFC 6761) and loopback addresses such as 127.0.0.1, ::1."""
+    host = host.rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _shown(value: Any) -> str:
+    """`value` as JSON for a message, cut short (a number may have thousands of digits)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
+        value = int(value)
+    text = json.dumps(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
 
 
 def _client_json(client: FakeClient, *, secret: bool) -> dict[str, Any]:
@@ -851,11 +892,12 @@ class _RateLimit:
         if not isinstance(value, dict):
             raise _BadInput(400, 'rate_limit must be null or {"per_second": N, "burst": N, "retry_after": S}')
         spec = _Body(value, ("per_second", "burst", "retry_after"))
-        per_second = spec.number("per_second", minimum=0.001)
+        per_second = spec.number("per_second", minimum=0, maximum=MAX_RATE, above=True)
         if per_second is None:
             raise _BadInput(400, "rate_limit.per_second is required (requests per second)")
-        burst = spec.number("burst", minimum=1, integer=True)
-        return cls(per_second, 100 if burst is None else int(burst), spec.number("retry_after", minimum=0))
+        burst = spec.number("burst", minimum=1, maximum=MAX_RATE, integer=True)
+        retry_after = spec.number("retry_after", minimum=0, maximum=MAX_RETRY_AFTER)
+        return cls(per_second, 100 if burst is None else int(burst), retry_after)
 
     @classmethod
     def of(cls, bucket: _TokenBucket) -> _RateLimit:
@@ -893,6 +935,9 @@ class _AdminAPI:
         }
 
     async def handle(self, request: web.BaseRequest) -> web.Response:
+        refused = self._cross_site(request)
+        if refused is not None:
+            return _admin_error(403, refused)
         name = request.path.removeprefix(ADMIN_PREFIX.rstrip("/")).strip("/")
         route = self._routes.get((request.method, name))
         if route is None:
@@ -904,6 +949,14 @@ class _AdminAPI:
             known = ", ".join(sorted({ADMIN_PREFIX + path for _, path in self._routes}))
             return _admin_error(404, f"no admin endpoint {request.path}; the admin API has {known}")
         handler, fields = route
+        if request.method in ("POST", "PUT") and request.content_type != "application/json":
+            # A web page can send text/plain, form or multipart bodies cross-origin without asking first
+            # (a "simple" request); application/json it cannot.
+            return _admin_error(
+                415,
+                f"{request.method} {request.path} needs Content-Type: application/json "
+                f"(got {request.headers.get('Content-Type') or 'none'}); send a JSON object, {{}} for no fields",
+            )
         try:
             data = await self._json(request) if request.method in ("POST", "PUT") else {}
             result = handler(_Body(data, fields))
@@ -912,6 +965,47 @@ class _AdminAPI:
         status, body = result if isinstance(result, tuple) else (200, result)
         return web.json_response(body, status=status)
 
+    def _cross_site(self, request: web.BaseRequest) -> str | None:
+        """Why `request` may come from a web page rather than a test or a shell, or None.
+
+        The admin API has no authentication, so a page open in the developer's browser must not reach
+        it: browsers send `Origin` with every cross-origin request (and every POST), and the sandbox
+        serves no pages, so only its own origin is accepted. A sandbox on loopback also answers only
+        requests addressed to a loopback name: a page whose DNS name was rebound to 127.0.0.1 sends
+        its own name in `Host`."""
+        fake = self._fake
+        own_loopback = _is_loopback_host(fake.host)
+        host_header = request.headers.get("Host")
+        if own_loopback and host_header is not None:  # no Host at all: HTTP/1.0, never a browser
+            try:
+                addressed = URL(f"http://{host_header}").host
+            except ValueError:
+                addressed = None
+            if addressed is None or not _is_loopback_host(addressed):
+                return (
+                    f"the admin API answers only requests addressed to a loopback name such as "
+                    f"{fake.base_url} (got Host: {host_header[:100]})"
+                )
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return None
+        try:
+            url = URL(origin)
+            scheme, host, port = url.scheme, url.host, url.port
+        except ValueError:  # e.g. a bad port
+            scheme, host, port = "", None, None
+        own_scheme = "https" if fake.ssl_context is not None else "http"
+        if (
+            (scheme, port) == (own_scheme, fake.port)
+            and host is not None
+            and (host == fake.host or (own_loopback and _is_loopback_host(host)))
+        ):
+            return None
+        return (
+            f"the admin API refuses requests from web pages (Origin: {origin[:100]}); "
+            "call it from a test, curl or `moneykit-async sandbox ...`, without an Origin header"
+        )
+
     @staticmethod
     async def _json(request: web.BaseRequest) -> Mapping[str, Any]:
         raw = await request.read()
@@ -919,7 +1013,7 @@ class _AdminAPI:
             return {}
         try:
             data = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
             raise _BadInput(400, "the body must be a JSON object (Content-Type: application/json)") from None
         if not isinstance(data, dict):
             raise _BadInput(400, f"the body must be a JSON object, not {type(data).__name__}")
@@ -971,7 +1065,7 @@ class _AdminAPI:
 
     def _mint(self, body: _Body) -> tuple[int, dict[str, Any]]:
         client = self._client(body.text("client_id"))
-        lifetime = body.number("expires_in", minimum=0, integer=True)
+        lifetime = body.number("expires_in", minimum=0, maximum=MAX_LIFETIME, integer=True)
         expires_in = self._fake.token_lifetime if lifetime is None else int(lifetime)
         token = self._fake.mint_token(client.client_id, lifetime=expires_in, scope=body.text("scope"))
         return 201, {"access_token": token, "token_type": "bearer", "expires_in": expires_in}
@@ -994,7 +1088,7 @@ class _AdminAPI:
 
     def _settings(self, body: _Body) -> dict[str, Any]:
         fake = self._fake
-        lifetime = body.number("token_lifetime", minimum=1, integer=True)
+        lifetime = body.number("token_lifetime", minimum=1, maximum=MAX_LIFETIME, integer=True)
         shape = body.text("app_shape")
         if shape is not None and shape not in APP_SHAPES:
             raise _BadInput(400, f"app_shape must be one of {', '.join(APP_SHAPES)} (got {shape!r})")
@@ -1024,16 +1118,15 @@ class _AdminAPI:
         path = body.text("path")
         if path is not None and (not path.startswith("/") or (path + "/").startswith(ADMIN_PREFIX)):
             raise _BadInput(400, f"path must be an API path such as {INTROSPECT_PATH} (got {path!r})")
-        status = body.number("status", minimum=100, integer=True)
-        if status is not None and status > 599:
-            raise _BadInput(400, f"status must be an HTTP status from 100 to 599 (got {status:g})")
-        delay = body.number("delay", minimum=0) or 0.0
+        # Not 1xx: those are interim answers, which carry no body and cannot end a request.
+        status = body.number("status", minimum=200, maximum=599, integer=True)
+        delay = body.number("delay", minimum=0, maximum=MAX_DELAY) or 0.0
         disconnect = bool(body.flag("disconnect"))
         if status is None and not delay and not disconnect:
             raise _BadInput(400, "say what the fault does: a status, a delay (seconds) or disconnect: true")
         error_code, message = body.text("error_code"), body.text("error_message")
-        retry_after = body.number("retry_after", minimum=0)
-        times = int(body.number("times", minimum=1, integer=True) or 1)
+        retry_after = body.number("retry_after", minimum=0, maximum=MAX_RETRY_AFTER)
+        times = int(body.number("times", minimum=1, maximum=MAX_TIMES, integer=True) or 1)
         fault = Fault(
             status=None if status is None else int(status),
             json=None if status is None else error_body(int(status), error_code, message),

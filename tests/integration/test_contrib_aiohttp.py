@@ -68,12 +68,19 @@ def make_app(session: Any = None, **options: Any) -> web.Application:
             self.request.app[CALLS].seen.append("item")
             return web.json_response({"client_id": token_details(self.request).client_id})
 
-    async def preflight(request: web.Request) -> web.Response:  # what a CORS library would answer
+    @public  # a preflight handler of the application's own: marked public, it needs no token
+    async def preflight(request: web.Request) -> web.Response:
         request.app[CALLS].seen.append("preflight")
         return web.Response(status=204, headers={"Access-Control-Allow-Origin": "*"})
 
     app.router.add_get("/accounts", accounts)
     app.router.add_route("OPTIONS", "/accounts", preflight)
+
+    async def secret(request: web.Request) -> web.Response:  # answers any method, OPTIONS included
+        request.app[CALLS].seen.append("secret")
+        return web.json_response({"secret": True})
+
+    app.router.add_route("*", "/secret", secret)
     app.router.add_get("/profile", profile)
     app.router.add_get("/health", health)
     app.router.add_view("/item", Item)
@@ -267,7 +274,8 @@ async def test_cors_preflights_pass_other_options_requests_do_not(
     preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "GET"}
     async with http.options(base + "/accounts", headers=preflight) as response:
         assert response.status == 204  # browsers never send credentials on a preflight
-    async with http.options(base + "/accounts") as response:
+    # A preflight's headers are the client's to choose: they never open a handler that is not public.
+    async with http.options(base + "/secret", headers=preflight) as response:
         assert response.status == 401 and response.headers["WWW-Authenticate"] == 'Bearer realm="api"'
     assert app[CALLS].seen == ["preflight"]
     assert env.count(INTROSPECT) == 0

@@ -22,11 +22,15 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from moneykit_async import (
     AuthenticationError,
+    CallFinished,
     Event,
     IntrospectionCache,
     MoneyKitSession,
+    RequestFinished,
+    RequestStarted,
     RetryPolicy,
     RetryScheduled,
+    ServerError,
     SessionClosedError,
     Timeout,
     TransportError,
@@ -62,6 +66,15 @@ class Otel:
             key=lambda s: s.start_time or 0,
         )
 
+    def instrument(self, session: MoneyKitSession) -> MoneyKitTelemetry:
+        return instrument(session, tracer_provider=self.tracer_provider, meter_provider=self.meter_provider)
+
+    def lookups(self) -> dict[str, int]:
+        return {
+            p.attributes["moneykit.cache.result"]: p.value
+            for p in self.points("moneykit.client.introspection_cache.lookups")
+        }
+
     def metrics_json(self) -> str:
         data = self.reader.get_metrics_data()
         return "" if data is None else data.to_json()
@@ -91,16 +104,13 @@ def otel() -> Iterator[Otel]:
 
 @pytest.fixture
 async def traced(fake: FakeMoneyKit, otel: Otel) -> AsyncIterator[tuple[MoneyKitSession, MoneyKitTelemetry]]:
-    telemetry = otel.telemetry()
     async with MoneyKitSession(
         base_url=fake.base_url,
         client_id=fake.client_id,
         client_secret=fake.client_secret,
         retry=RetryPolicy(backoff_base=0.01),
-        on_event=telemetry,
     ) as mk:
-        telemetry.bind(mk)
-        yield mk, telemetry
+        yield mk, otel.instrument(mk)
 
 
 async def test_a_call_is_one_span_with_a_client_span_per_attempt(
@@ -115,10 +125,13 @@ async def test_a_call_is_one_span_with_a_client_span_per_attempt(
     assert call.kind is SpanKind.INTERNAL and call.status.status_code is StatusCode.UNSET
     assert call.parent is not None and call.parent.span_id == handler.get_span_context().span_id
     assert call.attributes is not None and call.attributes["moneykit.token.fingerprint"] == fingerprint(token)
+    assert call.attributes["moneykit.attempts"] == 3 and "error.type" not in call.attributes
     assert [e.name for e in call.events] == ["moneykit.retry", "moneykit.retry"]
     attempts = otel.children(call)
     assert [a.name for a in attempts] == [ATTEMPT] * 3
     assert all(a.kind is SpanKind.CLIENT for a in attempts)
+    assert call.start_time is not None and call.end_time is not None
+    assert all(call.start_time <= (a.start_time or 0) <= (a.end_time or 0) <= call.end_time for a in attempts)
     attrs = [dict(a.attributes or {}) for a in attempts]
     assert [a.get("http.request.resend_count") for a in attrs] == [None, 1, 2]  # set on resends only
     assert [a["http.response.status_code"] for a in attrs] == [503, 502, 200]
@@ -144,28 +157,25 @@ async def test_a_failed_call_ends_its_span_with_the_error(
     fake: FakeMoneyKit, otel: Otel, traced: tuple[MoneyKitSession, MoneyKitTelemetry]
 ) -> None:
     mk, _ = traced
-    with pytest.raises(AuthenticationError):
+    with pytest.raises(AuthenticationError) as raised:
         await mk.introspect("garbage-token")
-    await asyncio.sleep(0)  # the call span ends once it is clear that no retry follows (the next loop step)
-    (call,) = otel.spans(CALL)
+    (call,) = otel.spans(CALL)  # ended by the time the error reaches the caller
     assert call.status.status_code is StatusCode.ERROR and call.attributes is not None
-    assert call.attributes["error.type"] == "401"
+    assert call.attributes["error.type"] == type(raised.value).__name__  # what the call raised
     (attempt,) = otel.children(call)
     assert attempt.attributes is not None and attempt.attributes["http.response.status_code"] == 401
+    assert attempt.attributes["error.type"] == "401"  # an attempt's error is its status, per the conventions
 
 
 async def test_an_unreachable_server_is_an_error_type_without_a_status(
     fake: FakeMoneyKit, otel: Otel, unused_port: int
 ) -> None:
-    telemetry = otel.telemetry()
-    async with MoneyKitSession(
-        base_url=f"http://127.0.0.1:{unused_port}", retry=RetryPolicy(max_retries=0), on_event=telemetry
-    ) as mk:
-        telemetry.bind(mk)
+    async with MoneyKitSession(base_url=f"http://127.0.0.1:{unused_port}", retry=RetryPolicy(max_retries=0)) as mk:
+        otel.instrument(mk)
         with pytest.raises(TransportError):
             await mk.introspect("some-token")
-        await asyncio.sleep(0)
     (call,) = otel.spans(CALL)
+    assert call.attributes is not None and call.attributes["error.type"] == "TransportError"
     (attempt,) = otel.children(call)
     assert attempt.attributes is not None and attempt.attributes["error.type"] == "TransportError"
     assert "http.response.status_code" not in attempt.attributes
@@ -177,11 +187,17 @@ async def test_the_sessions_own_token_is_a_call_and_a_refresh(
     fake: FakeMoneyKit, otel: Otel, traced: tuple[MoneyKitSession, MoneyKitTelemetry]
 ) -> None:
     mk, _ = traced
-    await mk.introspect()
-    await mk.introspect()
+    with otel.tracer_provider.get_tracer("test").start_as_current_span("handler") as handler:
+        await mk.introspect()
+        await mk.introspect()
     (mint,) = otel.spans("MoneyKit POST /auth/token")
     assert [s.name for s in otel.children(mint)] == ["POST /auth/token"]
-    assert len(otel.spans(CALL)) == 2
+    calls = otel.spans(CALL)
+    assert len(calls) == 2
+    # The mint is a call of its own beside the introspection that needed it, both in the handler's trace.
+    handler_id = handler.get_span_context().span_id
+    assert all(s.parent is not None and s.parent.span_id == handler_id for s in [mint, *calls])
+    assert mint.end_time is not None and all((c.start_time or 0) >= mint.end_time for c in calls)
     assert [p.value for p in otel.points("moneykit.client.token.refreshes")] == [1]
     statuses = sorted(p.attributes["http.response.status_code"] for p in otel.points("http.client.request.duration"))
     assert statuses == [200, 201]
@@ -200,10 +216,11 @@ async def test_concurrent_calls_keep_their_attempts_apart(
     )
     attempts_per_call = [otel.children(c) for c in calls]
     assert sum(map(len, attempts_per_call)) == 25 == len(otel.spans(ATTEMPT))  # 20 calls + 5 retries
-    for attempts in attempts_per_call:
+    for call, attempts in zip(calls, attempts_per_call, strict=True):
         resends = [dict(a.attributes or {}).get("http.request.resend_count") for a in attempts]
         assert resends == [None] or resends == [None, 1]
         assert [dict(a.attributes or {})["http.response.status_code"] for a in attempts][-1] == 200
+        assert dict(call.attributes or {})["moneykit.attempts"] == len(attempts)
     assert all(c.status.status_code is StatusCode.UNSET for c in calls)
 
 
@@ -221,24 +238,43 @@ async def test_pauses_throttles_and_the_send_rate(
     assert (pause.count, pause.sum) == (1, 0.05)
     (throttled,) = otel.points("moneykit.client.throttled")
     assert throttled.value == 1
+    assert (throttled.attributes["server.address"], throttled.attributes["server.port"]) == ("127.0.0.1", fake.port)
     (rate,) = otel.points("moneykit.client.send_rate")
     assert rate.value > 0 and mk.send_rate is not None  # the learned rate (it grows back as time passes)
     assert sum(p.value for p in otel.points("moneykit.client.retries")) == 2
 
 
-async def test_cache_hits_and_misses(fake: FakeMoneyKit, otel: Otel) -> None:
+async def test_a_call_that_fails_before_sending_has_a_span(fake: FakeMoneyKit, otel: Otel) -> None:
+    async with MoneyKitSession(base_url=fake.base_url, timeout=Timeout(total=1)) as mk:
+        otel.instrument(mk)
+        fake.inject(INTROSPECT, Fault(status=503, headers={"Retry-After": "30"}))  # pauses the session 30 s
+        with pytest.raises(ServerError):
+            await mk.introspect(fake.mint_token())  # not retried: 30 s is past its deadline
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(ServerError, match="pause longer than this call's deadline"):
+            await mk.introspect(fake.mint_token())
+        assert asyncio.get_running_loop().time() - started < 0.5  # at once, without sending
+    assert fake.count(INTROSPECT) == 1
+    first, second = sorted(otel.spans(CALL), key=lambda s: s.start_time or 0)
+    assert [dict(s.attributes or {})["moneykit.attempts"] for s in (first, second)] == [1, 0]
+    assert second.status.status_code is StatusCode.ERROR
+    assert second.attributes is not None and second.attributes["error.type"] == "ServerError"
+    assert otel.children(second) == [] and len(otel.children(first)) == 1
+    (pause,) = otel.points("moneykit.client.rate_limit.pause.duration")
+    assert (pause.count, pause.sum) == (1, 30)
+    assert [p.count for p in otel.points("http.client.request.duration")] == [1]  # nothing sent, nothing timed
+
+
+async def test_cache_hits_and_misses_with_on_event_and_bind(fake: FakeMoneyKit, otel: Otel) -> None:
     telemetry = otel.telemetry()
-    cache = IntrospectionCache()
-    async with MoneyKitSession(base_url=fake.base_url, introspection_cache=cache, on_event=telemetry) as mk:
-        telemetry.bind(mk, cache=cache)
+    async with MoneyKitSession(
+        base_url=fake.base_url, introspection_cache=IntrospectionCache(), on_event=telemetry
+    ) as mk:
+        telemetry.bind(mk)  # observes the session's own cache: no cache= needed
         token = fake.mint_token()
         for _ in range(3):
             await mk.introspect(token)
-    lookups = {
-        p.attributes["moneykit.cache.result"]: p.value
-        for p in otel.points("moneykit.client.introspection_cache.lookups")
-    }
-    assert lookups == {"hit": 2, "miss": 1}
+    assert otel.lookups() == {"hit": 2, "miss": 1}
     assert len(otel.spans(CALL)) == 1  # a hit sends nothing, so it has no span
 
 
@@ -249,39 +285,40 @@ async def test_a_cancelled_call_still_ends_its_spans(
     fake.inject(INTROSPECT, Fault(delay=60))
     task = asyncio.create_task(mk.introspect(fake.mint_token()))
     await fake.wait_for_requests(1, INTROSPECT, within=30)
+    assert otel.spans() == []  # in flight
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await asyncio.sleep(0)
     (call,) = otel.spans(CALL)
     (attempt,) = otel.children(call)
     for span in (call, attempt):
-        assert span.attributes is not None and span.attributes["error.type"] == "cancelled"
+        assert span.attributes is not None and span.attributes["error.type"] == "CancelledError"
         assert span.status.status_code is StatusCode.ERROR
+    assert dict(call.attributes or {})["moneykit.attempts"] == 1
 
 
-async def test_a_call_abandoned_while_waiting_to_retry_is_ended_with_its_task(fake: FakeMoneyKit, otel: Otel) -> None:
-    telemetry = otel.telemetry()
+async def test_a_call_cut_short_while_waiting_to_retry_ends_its_span(fake: FakeMoneyKit, otel: Otel) -> None:
+    mk = MoneyKitSession(base_url=fake.base_url, timeout=Timeout(total=120))
+    otel.instrument(mk)
     retry_scheduled = asyncio.Event()
 
     def on_event(event: Event) -> None:
-        telemetry(event)
         if isinstance(event, RetryScheduled):
             retry_scheduled.set()
 
-    mk = MoneyKitSession(base_url=fake.base_url, timeout=Timeout(total=120), on_event=on_event)
-    telemetry.bind(mk)
+    mk.add_event_hook(on_event)
     fake.inject(INTROSPECT, Fault(status=503, headers={"Retry-After": "20"}))  # the retry waits 20 s
     first = asyncio.create_task(mk.introspect(fake.mint_token()))
     async with asyncio.timeout(30):
         await retry_scheduled.wait()
-    await mk.close()  # ends the wait with SessionClosedError: no event says the call is over
+    assert otel.spans(CALL) == []
+    await mk.close()  # ends the wait with SessionClosedError
     with pytest.raises(SessionClosedError):
         await first
-    await asyncio.sleep(0)
     (call,) = otel.spans(CALL)
-    assert call.attributes is not None and call.attributes["error.type"] == "503"  # the last failure known
+    assert call.attributes is not None and call.attributes["error.type"] == "SessionClosedError"
     assert call.status.status_code is StatusCode.ERROR
+    assert [e.name for e in call.events] == ["moneykit.retry"]
     assert [s.name for s in otel.children(call)] == [ATTEMPT]
 
 
@@ -299,9 +336,13 @@ async def test_no_token_or_secret_ever_reaches_an_attribute(
     fake.revoke_token(revoked)
     with pytest.raises(AuthenticationError):
         await mk.introspect(revoked)
+    cancelled = asyncio.create_task(mk.introspect(fake.mint_token()))
     await asyncio.sleep(0)
+    cancelled.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await cancelled
     secrets = [*fake.issued_tokens, garbage, fake.client_secret]
-    assert len(fake.issued_tokens) >= 5 and (await mk.get_access_token()).access_token in fake.issued_tokens
+    assert len(fake.issued_tokens) >= 6 and (await mk.get_access_token()).access_token in fake.issued_tokens
     exported = "\n".join(s.to_json() for s in otel.spans()) + otel.metrics_json()
     assert otel.spans(CALL) and "http.client.request.duration" in exported
     leaked = [s for s in secrets if s in exported]
@@ -311,6 +352,7 @@ async def test_no_token_or_secret_ever_reaches_an_attribute(
     for span in otel.spans():
         values += [f"{k}={v!r}" for k, v in (span.attributes or {}).items()] + [span.name]
         values += [f"{k}={v!r}" for e in span.events for k, v in (e.attributes or {}).items()]
+        values.append(span.status.description or "")
     for name in json.loads(otel.metrics_json() or "{}").get("resource_metrics", []):
         values.append(json.dumps(name))
     assert not [v for v in values for s in secrets if s in v]
@@ -325,15 +367,63 @@ async def test_bind_is_once_per_session(fake: FakeMoneyKit, otel: Otel) -> None:
             telemetry.bind(two)
 
 
-async def test_instrument_in_one_call(fake: FakeMoneyKit, otel: Otel) -> None:
-    async with MoneyKitSession(base_url=fake.base_url) as mk:
-        if not hasattr(mk, "add_event_hook"):  # the session takes its hook at construction only
-            with pytest.raises(TypeError, match="on_event=MoneyKitTelemetry"):
-                instrument(mk, tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider)
-            return
-        instrument(mk, tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider)
+async def test_instrument_in_one_call_and_uninstrument(fake: FakeMoneyKit, otel: Otel) -> None:
+    async with MoneyKitSession(base_url=fake.base_url, introspection_cache=IntrospectionCache()) as mk:
+        telemetry = instrument(mk, tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider)
         await mk.introspect(fake.mint_token())
-    assert len(otel.spans(CALL)) == 1
+        assert len(otel.spans(CALL)) == 1 and otel.lookups() == {"hit": 0, "miss": 1}
+        assert [p.count for p in otel.points("http.client.request.duration")] == [1]
+
+        fake.inject(INTROSPECT, Fault(delay=0.2))
+        in_flight = asyncio.create_task(mk.introspect(fake.mint_token()))
+        await fake.wait_for_requests(2, INTROSPECT, within=30)
+        telemetry.uninstrument()
+        telemetry.uninstrument()  # again: nothing changes
+        await in_flight  # a call already under way still ends its spans
+        assert len(otel.spans(CALL)) == 2 and all(len(otel.children(c)) == 1 for c in otel.spans(CALL))
+
+        spans = len(otel.spans())
+        await mk.introspect(fake.mint_token())
+        await mk.introspect(fake.mint_token())
+        assert len(otel.spans()) == spans  # nothing new is traced
+        assert [p.count for p in otel.points("http.client.request.duration")] == [2]  # nor measured
+        assert otel.lookups() == {}  # nor observed
+
+
+async def test_sessions_on_one_meter_provider_are_all_observed(fake: FakeMoneyKit, otel: Otel) -> None:
+    async with (
+        MoneyKitSession(base_url=fake.base_url, introspection_cache=IntrospectionCache()) as one,
+        MoneyKitSession(base_url=fake.base_url, introspection_cache=IntrospectionCache()) as two,
+    ):
+        first = otel.instrument(one)
+        otel.instrument(two)
+        again = otel.telemetry()
+        again.bind(two)  # observed twice, counted once
+        token = fake.mint_token()
+        for mk in (one, two, one):
+            await mk.introspect(token)
+        assert otel.lookups() == {"hit": 1, "miss": 2}  # both caches, though the SDK keeps one callback
+        fake.inject(INTROSPECT, Fault(status=429, headers={"Retry-After": "0.01"}))
+        await two.introspect(fake.mint_token())
+        assert [p.value for p in otel.points("moneykit.client.throttled")] == [1]
+        assert otel.lookups() == {"hit": 1, "miss": 3}
+        first.uninstrument()
+        await two.introspect(token)
+        assert otel.lookups() == {"hit": 1, "miss": 2}  # the second session's cache only
+    assert len(otel.spans(CALL)) == 3  # the misses; the last hit sends nothing
+
+
+def test_events_of_calls_it_never_saw_are_measured_not_traced(otel: Otel) -> None:
+    telemetry = otel.telemetry()  # not bound: no server attributes
+    telemetry.uninstrument()  # nothing to stop
+    telemetry(RequestStarted("GET", INTROSPECT, 1, None, 7))
+    telemetry(RetryScheduled("GET", INTROSPECT, 1, 0.1, "HTTP 503 ServerError", None, 7))
+    telemetry(RequestFinished("GET", INTROSPECT, 2, 200, 0.01, None, None, 7))
+    telemetry(CallFinished("GET", INTROSPECT, 7, 2, 0.2, None, None))
+    assert otel.spans() == []
+    (point,) = otel.points("http.client.request.duration")
+    assert point.count == 1 and "server.address" not in point.attributes
+    assert [p.value for p in otel.points("moneykit.client.retries")] == [1]
 
 
 def test_importing_without_the_extra_names_the_extra() -> None:

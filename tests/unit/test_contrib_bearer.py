@@ -65,7 +65,10 @@ class UnknownFutureError(MoneyKitError):
 ERROR_TABLE: list[tuple[BaseException, int, str | None]] = [
     (AuthenticationError(status=401, error_code="api_error.auth.unauthorized"), 401, "invalid_token"),
     (ExpiredAccessTokenError(status=401, error_code="api_error.auth.expired_access_token"), 401, "invalid_token"),
-    (PermissionDeniedError(status=403), 401, "invalid_token"),
+    (PermissionDeniedError(status=403, error_code="api_error.auth.forbidden"), 401, "invalid_token"),
+    # A 401/403 that is not MoneyKit's (no error_code: a proxy's HTML page) does not judge the token.
+    (PermissionDeniedError(status=403), 503, None),
+    (AuthenticationError(status=401), 503, None),
     (ClientDisabledError(NOW), 401, "invalid_token"),
     (InvalidInputError("the token has a space"), 400, "invalid_request"),
     (RateLimitError(status=429, retry_after=3), 503, None),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from datetime import UTC, timedelta, timezone
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -120,7 +121,11 @@ app_shapes = st.sampled_from(
     app_id=names,
     app_name=names,
     shape=app_shapes,
-    disabled_at=st.none() | st.datetimes(timezones=st.timezones()),
+    # Fixed offsets, as MoneyKit sends them (a zone's repeated DST hour never compares equal across zones).
+    disabled_at=st.none()
+    | st.datetimes(
+        timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=8))])
+    ),
 )
 def test_every_valid_introspection_answer_parses_to_its_own_values(
     client_id: str,
