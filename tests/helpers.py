@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 from collections.abc import Mapping
 
 import attrs
 from yarl import URL
 
 from moneykit_async import MoneyKitSession
+from moneykit_async.testing import FakeMoneyKit
 
 Answer = tuple[int, Mapping[str, str], bytes]
 
@@ -68,3 +70,34 @@ class ScriptedTransport:
 
 def json_answer(status: int, body: object, **headers: str) -> Answer:
     return status, {"Content-Type": "application/json", **headers}, json.dumps(body).encode()
+
+
+# The command line as a user runs it (the console script is `moneykit-async`).
+CLI = (sys.executable, "-m", "moneykit_async")
+
+
+async def run_cli(
+    *args: str,
+    fake: FakeMoneyKit | None = None,
+    stdin: bytes | None = None,
+    creds: bool = True,
+    secret: str | None = None,
+    env_extra: dict[str, str] | None = None,
+) -> tuple[int, str, str]:
+    env = clean_env(**(env_extra or {}))
+    if fake is not None:
+        env["MONEYKIT_BASE_URL"] = fake.base_url
+        if creds:
+            env["MONEYKIT_CLIENT_ID"] = fake.client_id
+            env["MONEYKIT_CLIENT_SECRET"] = secret or fake.client_secret
+    process = await asyncio.create_subprocess_exec(
+        *CLI,
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, err = await asyncio.wait_for(process.communicate(stdin or b""), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()

@@ -5,6 +5,10 @@ requests.
 A running sandbox is found by `--base-url`, else `--state-file PATH` (written by `sandbox --state-file PATH`),
 else `$MONEYKIT_BASE_URL`. Sandbox tokens and secrets are printed: that is what they are for, and they are
 valid only in that sandbox.
+
+`$MONEYKIT_BASE_URL` may well be MoneyKit itself, so admin calls never follow a redirect, never go over
+plain http to another machine, and `revoke` and `expire`, which send a token, first check that the URL
+answers like a sandbox (`GET /_sandbox/`): a real token is never sent anywhere else.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from yarl import URL
 from .._errors import InvalidInputError, TransportError, UsageError
 from .._models import fingerprint
 from ..testing import ADMIN_PREFIX, FakeMoneyKit
+from ..testing._fake import MAX_LIFETIME
 from ._exit import EXIT_OK
 from ._input import token_from_stdin
 
@@ -132,8 +137,10 @@ def validate(args: argparse.Namespace) -> None:
     if command == "serve":
         if not 0 <= args.port <= 65535:
             raise UsageError(f"--port must be from 0 (a free port) to 65535 (got {args.port})")
-        if args.token_lifetime < 1:
-            raise UsageError(f"--token-lifetime must be at least 1 second (got {args.token_lifetime})")
+        if not 1 <= args.token_lifetime <= MAX_LIFETIME:
+            raise UsageError(
+                f"--token-lifetime must be from 1 to {MAX_LIFETIME} seconds (10 years) (got {args.token_lifetime})"
+            )
     elif command == "fault":
         if args.status is None and not args.delay and not args.disconnect:
             raise UsageError("sandbox fault needs --status N, --delay SECONDS or --disconnect")
@@ -160,6 +167,14 @@ def _is_loopback(host: str) -> bool:
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_this_machine(host: str) -> bool:
+    """Loopback, or 0.0.0.0 / :: (what a state file says of `sandbox --host 0.0.0.0`): never the network."""
+    try:
+        return _is_loopback(host) or ipaddress.ip_address(host).is_unspecified
     except ValueError:
         return False
 
@@ -260,48 +275,98 @@ def sandbox_url(args: argparse.Namespace) -> str:
     )
 
 
-async def admin_call(base_url: str, method: str, path: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """One call to the admin API of the sandbox at `base_url`; its JSON answer, or a MoneyKitError that
-    says what to do."""
+def _admin_base(base_url: str) -> tuple[URL, str]:
+    """`base_url` checked for admin calls, and as shown in messages (without user info or query)."""
+    wrong = f"--base-url must be an http(s) URL such as http://127.0.0.1:8765 (got {base_url!r})"
     try:
         url = URL(base_url)
+        host = url.host
     except ValueError:
-        raise UsageError(
-            f"--base-url must be an http(s) URL such as http://127.0.0.1:8765 (got {base_url!r})"
-        ) from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise UsageError(f"--base-url must be an http(s) URL such as http://127.0.0.1:8765 (got {base_url!r})")
+        raise UsageError(wrong) from None
+    if url.scheme not in ("http", "https") or not host:
+        raise UsageError(wrong)
     shown = str(url.with_user(None).with_query(None).with_fragment(None))
-    target = URL(str(url.with_query(None).with_fragment(None)).rstrip("/") + ADMIN_PREFIX + path)
+    if url.scheme == "http" and not _is_this_machine(host):
+        # The sandbox listens on loopback; plain http to another machine is MoneyKit or a mistake, and
+        # anyone on the way could read or rewrite the calls.
+        raise UsageError(
+            f"refusing to send sandbox admin calls over plain http to {shown}, which is not this machine; "
+            "pass --base-url http://127.0.0.1:PORT (the `moneykit-async sandbox` you started) or an https URL"
+        )
+    return url.with_query(None).with_fragment(None), shown
+
+
+def _not_a_sandbox(shown: str, status: int, path: str) -> UsageError:
+    redirect = ", a redirect, not followed" if 300 <= status < 400 else ""
+    return UsageError(
+        f"{shown} did not answer as a moneykit-async sandbox (HTTP {status}{redirect} on {ADMIN_PREFIX}{path}); "
+        "point --base-url at one started by `moneykit-async sandbox` (without --no-admin)"
+    )
+
+
+async def _request(
+    http: aiohttp.ClientSession, url: URL, method: str, path: str, body: Mapping[str, Any] | None
+) -> tuple[int, Any]:
+    """(status, the JSON answer or None). Redirects are never followed: they could take the body (a
+    token) to another host."""
+    target = URL(str(url).rstrip("/") + ADMIN_PREFIX + path)
+    async with http.request(method, target, json=body, allow_redirects=False) as response:
+        status, raw = response.status, await response.read()
     try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=ADMIN_TIMEOUT)) as http,
-            http.request(method, target, json=body) as response,
-        ):
-            status, raw = response.status, await response.read()
+        return status, json.loads(raw)
+    except ValueError:
+        return status, None
+
+
+def _answers_like_a_sandbox(status: int, data: Any, method: str, path: str) -> bool:
+    """Whether `GET /_sandbox/` answered as a moneykit-async sandbox with the endpoint `method path` does."""
+    if status != 200 or not isinstance(data, dict):
+        return False
+    endpoints = data.get("endpoints")
+    return (
+        isinstance(data.get("base_url"), str)
+        and isinstance(data.get("client_id"), str)
+        and isinstance(endpoints, list)
+        and f"{method} {ADMIN_PREFIX}{path}" in endpoints
+    )
+
+
+async def admin_call(
+    base_url: str, method: str, path: str, body: Mapping[str, Any] | None = None, *, sandbox_first: bool = False
+) -> dict[str, Any]:
+    """One call to the admin API of the sandbox at `base_url`; its JSON answer, or a MoneyKitError that
+    says what to do. `sandbox_first` (for calls that carry a token): first check with `GET /_sandbox/`
+    that `base_url` is a running sandbox, and send nothing else unless it is."""
+    url, shown = _admin_base(base_url)
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=ADMIN_TIMEOUT)) as http:
+            if sandbox_first:
+                status, data = await _request(http, url, "GET", "", None)
+                if not _answers_like_a_sandbox(status, data, method, path):
+                    raise UsageError(
+                        f"{shown} is not a running moneykit-async sandbox (GET {ADMIN_PREFIX}: HTTP {status}, "
+                        "not a sandbox's answer), so the token was not sent; pass the sandbox's --base-url "
+                        "or --state-file"
+                    )
+            status, data = await _request(http, url, method, path, body)
     except (aiohttp.ClientError, TimeoutError) as exc:
         reason = "no answer within 30 s" if isinstance(exc, TimeoutError) else type(exc).__name__
         raise TransportError(
             f"cannot reach the sandbox at {shown} ({reason}); start one with `moneykit-async sandbox` "
             "or pass the right --base-url"
         ) from None
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        data = None
     if not isinstance(data, dict):
-        raise UsageError(
-            f"{shown} did not answer as a moneykit-async sandbox (HTTP {status} on {ADMIN_PREFIX}{path}); "
-            "point --base-url at one started by `moneykit-async sandbox` (without --no-admin)"
-        )
-    if status >= 400:
+        raise _not_a_sandbox(shown, status, path)
+    if not 200 <= status < 300:
         code, message = data.get("error_code"), data.get("error_message")
-        if isinstance(code, str) and code.startswith("sandbox_error.") and isinstance(message, str):
+        if (
+            400 <= status < 500
+            and isinstance(code, str)
+            and code.startswith("sandbox_error.")
+            and isinstance(message, str)
+        ):
             raise InvalidInputError(f"the sandbox refused: {message}")
-        raise UsageError(
-            f"{shown} did not answer as a moneykit-async sandbox (HTTP {status} on {ADMIN_PREFIX}{path}); "
-            "point --base-url at one started by `moneykit-async sandbox` (without --no-admin)"
-        )
+        raise _not_a_sandbox(shown, status, path)
     return data
 
 
@@ -321,7 +386,7 @@ async def _client_command(command: str, args: argparse.Namespace, out: TextIO, t
         out.write((json.dumps(minted) if args.json else str(minted["access_token"])) + "\n")
     elif command in ("revoke", "expire"):
         assert token is not None
-        await admin_call(base_url, "POST", f"tokens/{command}", {"access_token": token})
+        await admin_call(base_url, "POST", f"tokens/{command}", {"access_token": token}, sandbox_first=True)
         out.write(f"{command}d the token with fingerprint {fingerprint(token)}\n")
     elif command == "disable":
         client = await admin_call(base_url, "POST", "clients/disable", _given(client_id=args.client_id))

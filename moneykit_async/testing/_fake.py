@@ -406,7 +406,8 @@ class FakeMoneyKit:
         if self._runner is None:
             raise UsageError("FakeMoneyKit is not running; use `async with FakeMoneyKit() as fake`")
         scheme = "https" if self.ssl_context is not None else "http"
-        return f"{scheme}://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def client_id(self) -> str:

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import signal
-import sys
 import threading
 from collections import deque
 from datetime import UTC, datetime
@@ -31,46 +30,17 @@ from moneykit_async import (
     ServerError,
     TokenRefreshError,
     TransportError,
+    fingerprint,
 )
-from moneykit_async._models import fingerprint
 from moneykit_async.cli import exit_code_for
 from moneykit_async.cli._check import ChunkProgress, Progress, run_check
 from moneykit_async.cli._input import LINES_PER_BLOCK, PENDING_BLOCKS, READ_BYTES, read_tokens
 from moneykit_async.testing import FakeMoneyKit, Fault
 
-from ..helpers import clean_env
+from ..helpers import CLI, clean_env, run_cli
+
 
 # `python -m moneykit_async` runs the same `main` as the `moneykit-async` console script.
-CLI = (sys.executable, "-m", "moneykit_async")
-
-
-async def run_cli(
-    *args: str,
-    fake: FakeMoneyKit | None = None,
-    stdin: bytes | None = None,
-    creds: bool = True,
-    secret: str | None = None,
-    env_extra: dict[str, str] | None = None,
-) -> tuple[int, str, str]:
-    env = clean_env(**(env_extra or {}))
-    if fake is not None:
-        env["MONEYKIT_BASE_URL"] = fake.base_url
-        if creds:
-            env["MONEYKIT_CLIENT_ID"] = fake.client_id
-            env["MONEYKIT_CLIENT_SECRET"] = secret or fake.client_secret
-    process = await asyncio.create_subprocess_exec(
-        *CLI,
-        *args,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    out, err = await asyncio.wait_for(process.communicate(stdin or b""), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
-
-
 async def test_introspect_reads_the_token_from_stdin(fake: FakeMoneyKit) -> None:
     token = fake.mint_token()
     stdin = ("\ufeff\n  \n  " + token + "  \nignored\n").encode()  # BOM, blank lines, spaces: all dropped

@@ -11,8 +11,7 @@ from pathlib import Path
 
 from moneykit_async.testing import FakeMoneyKit
 
-from ..helpers import clean_env
-from .test_cli import CLI, run_cli
+from ..helpers import CLI, clean_env, run_cli
 
 
 def _env(fake: FakeMoneyKit) -> dict[str, str]:

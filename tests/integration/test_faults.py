@@ -125,7 +125,7 @@ async def test_the_retry_budget_stops_retry_storms_and_refills(fake: FakeMoneyKi
             with pytest.raises(ServerError):
                 await mk.introspect(token)
         assert fake.count(INTROSPECT) == 55  # 50 calls + the 5 retries the budget allowed, not 150
-        fake._faults.clear()
+        fake.clear_faults()
         for _ in range(20):  # each success earns back a tenth of a retry
             await mk.introspect(token)
         fake.clear_requests()

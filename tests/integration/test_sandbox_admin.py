@@ -17,13 +17,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from moneykit_async import InvalidInputError, UsageError
-from moneykit_async._models import fingerprint
+from moneykit_async import InvalidInputError, UsageError, fingerprint
 from moneykit_async.cli._sandbox import admin_call, sandbox_url, write_state
 from moneykit_async.testing import FakeMoneyKit, Fault
 
-from ..helpers import clean_env
-from .test_cli import CLI
+from ..helpers import CLI, clean_env
 
 ADMIN = "/_sandbox/"
 INTROSPECT = "/auth/introspect"
@@ -198,7 +196,11 @@ async def test_recorded_requests_are_listed_redacted_and_cleared(
         ("POST", "tokens/revoke", {}, 400, "access_token is required"),
         ("POST", "tokens/revoke", {"access_token": 5}, 400, "access_token must be a non-empty string"),
         ("POST", "tokens/expire", {"access_token": "never-issued"}, 404, "never issued the token with fingerprint"),
-        ("POST", "tokens", {"expires_in": "60"}, 400, 'expires_in must be an integer >= 0 (got "60")'),
+        ("POST", "tokens", {"expires_in": "60"}, 400, 'expires_in must be an integer from 0 to 315360000 (got "60")'),
+        # Too large for a float: compared, never converted (math.isfinite(10**400) raises OverflowError).
+        ("POST", "tokens", {"expires_in": 10**400}, 400, "expires_in must be an integer from 0 to 315360000 (got 1"),
+        ("POST", "tokens", {"expires_in": 315360001}, 400, "expires_in must be an integer from 0 to 315360000"),
+        ("POST", "tokens", b'{"expires_in": 1e400}', 400, "expires_in must be an integer from 0 to"),
         ("POST", "tokens", {"expires_in": True}, 400, "expires_in must be an integer"),
         ("POST", "tokens", {"client_id": "nobody"}, 404, "no client 'nobody'"),
         (
@@ -210,16 +212,36 @@ async def test_recorded_requests_are_listed_redacted_and_cleared(
         ),
         ("POST", "tokens", b"not json", 400, "the body must be a JSON object"),
         ("POST", "tokens", b"[1, 2]", 400, "the body must be a JSON object, not list"),
+        ("POST", "tokens", b"[" * 100_000, 400, "the body must be a JSON object"),  # RecursionError
         ("POST", "faults", {}, 400, "say what the fault does"),
-        ("POST", "faults", {"status": 700}, 400, "status must be an HTTP status from 100 to 599"),
+        ("POST", "faults", {"status": 700}, 400, "status must be an integer from 200 to 599 (got 700)"),
+        ("POST", "faults", {"status": 150}, 400, "status must be an integer from 200 to 599 (got 150)"),
+        ("POST", "faults", {"status": 10**400}, 400, "status must be an integer from 200 to 599"),
         ("POST", "faults", {"status": 503, "path": "auth/introspect"}, 400, "path must be an API path"),
         ("POST", "faults", {"status": 503, "path": "/_sandbox/tokens"}, 400, "path must be an API path"),
-        ("POST", "faults", {"status": 503, "times": 0}, 400, "times must be an integer >= 1"),
-        ("POST", "faults", {"delay": -1}, 400, "delay must be a number >= 0"),
+        ("POST", "faults", {"status": 503, "times": 0}, 400, "times must be an integer from 1 to 10000 (got 0)"),
+        ("POST", "faults", {"status": 503, "times": 10**400}, 400, "times must be an integer from 1 to 10000"),
+        ("POST", "faults", {"status": 503, "times": 5_000_000}, 400, "from 1 to 10000 (got 5000000)"),
+        ("POST", "faults", {"delay": -1}, 400, "delay must be a number from 0 to 3600 (got -1)"),
+        ("POST", "faults", {"delay": 3601}, 400, "delay must be a number from 0 to 3600 (got 3601)"),
+        ("POST", "faults", b'{"delay": 1e400}', 400, "delay must be a number from 0 to 3600 (got Infinity)"),
+        ("POST", "faults", {"status": 429, "retry_after": 10**400}, 400, "retry_after must be a number from 0 to"),
+        ("POST", "faults", {"status": 429, "retry_after": 604801}, 400, "from 0 to 604800 (got 604801)"),
         ("POST", "clients/disable", {"at": "tomorrow"}, 400, "at must be an ISO 8601 date-time"),
         ("PUT", "settings", {"rate_limit": 5}, 400, "rate_limit must be null or"),
         ("PUT", "settings", {"rate_limit": {"burst": 5}}, 400, "rate_limit.per_second is required"),
-        ("PUT", "settings", {"token_lifetime": 0}, 400, "token_lifetime must be an integer >= 1"),
+        ("PUT", "settings", {"token_lifetime": 0}, 400, "token_lifetime must be an integer from 1 to 315360000"),
+        ("PUT", "settings", {"token_lifetime": 10**400}, 400, "token_lifetime must be an integer from 1 to"),
+        ("PUT", "settings", {"rate_limit": {"per_second": 0}}, 400, "per_second must be a number above 0 and up to"),
+        ("PUT", "settings", {"rate_limit": {"per_second": 10**400}}, 400, "up to 1000000 (got 1000"),
+        ("PUT", "settings", {"rate_limit": {"per_second": 1, "burst": 10**400}}, 400, "burst must be an integer from"),
+        (
+            "PUT",
+            "settings",
+            {"rate_limit": {"per_second": 1, "retry_after": 1e300}},
+            400,
+            "retry_after must be a number from 0 to 604800 (got 1e+300)",
+        ),
         ("PUT", "settings", {"send_client_name": "no"}, 400, 'send_client_name must be true or false (got "no")'),
         ("GET", "nowhere", None, 404, "no admin endpoint /_sandbox/nowhere; the admin API has"),
         ("GET", "tokens", None, 405, "/_sandbox/tokens accepts POST"),
@@ -258,6 +280,114 @@ async def test_the_admin_api_can_be_turned_off(no_leaked_tasks: None, http: aioh
             assert response.status == 404
             assert (await response.json())["error_code"] == "api_error.request.not_found"
         assert fake.issued_tokens == [] and fake.count(ADMIN + "tokens") == 1  # an ordinary unknown path
+
+
+async def test_numbers_at_their_bounds_are_accepted(fake: FakeMoneyKit, http: aiohttp.ClientSession) -> None:
+    status, minted = await admin(http, fake, "POST", "tokens", {"expires_in": 10 * 365 * 86400})
+    assert (status, minted["expires_in"]) == (201, 315360000)
+    status, queued = await admin(
+        http, fake, "POST", "faults", {"status": 200, "times": 10_000, "delay": 3600, "retry_after": 604800}
+    )
+    assert (status, queued["queued"], fake.faults_pending()) == (201, 10_000, 10_000)
+    status, settings = await admin(
+        http, fake, "PUT", "settings", {"rate_limit": {"per_second": 1e6, "burst": 1_000_000, "retry_after": 0}}
+    )
+    assert status == 200 and settings["rate_limit"] == {"per_second": 1e6, "burst": 1_000_000, "retry_after": 0}
+    assert (await admin(http, fake, "PUT", "settings", {"rate_limit": {"per_second": 1e-9}}))[0] == 200
+    fake.clear_faults()
+
+
+# -- requests a web page could send (CSRF, DNS rebinding) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "data"),
+    [
+        ("tokens", "text/plain", b"{}"),  # what fetch(..., {mode: "no-cors", body: "{}"}) sends
+        ("clients/disable", "application/x-www-form-urlencoded", b"client_id=sandbox_demo_client"),  # a <form>
+        ("clients/disable", "multipart/form-data; boundary=x", b"--x--\r\n"),
+        ("clients/disable", None, b""),  # an empty POST: no Content-Type
+        ("settings", "text/plain;charset=UTF-8", b'{"token_lifetime": 1}'),
+    ],
+)
+async def test_bodies_must_be_sent_as_json(
+    fake: FakeMoneyKit, http: aiohttp.ClientSession, path: str, content_type: str | None, data: bytes
+) -> None:
+    method = "PUT" if path == "settings" else "POST"
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    async with http.request(
+        method, fake.base_url + ADMIN + path, data=data, headers=headers, skip_auto_headers=["Content-Type"]
+    ) as response:
+        assert response.status == 415
+        answer = await response.json()
+    assert answer["error_code"] == "sandbox_error.unsupported_media_type"
+    assert f"{method} /_sandbox/{path} needs Content-Type: application/json" in answer["error_message"]
+    assert fake.issued_tokens == [] and fake.get_client().disabled_at is None and fake.token_lifetime == 3600
+    status, _ = await admin(http, fake, "POST", "tokens", raw=b"")  # JSON with an empty body: no fields
+    assert status == 201
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://attacker.example",
+        "null",  # sandboxed frames, file:// pages
+        "http://127.0.0.1",  # another port of this machine: another origin
+        "http://127.0.0.1:{port}.attacker.example",
+        "https://127.0.0.1:{port}",  # the scheme counts too
+        "not a url",
+    ],
+)
+async def test_requests_from_web_pages_are_refused(
+    fake: FakeMoneyKit, http: aiohttp.ClientSession, origin: str
+) -> None:
+    origin = origin.format(port=fake.port)
+    for method, path in (("POST", "tokens"), ("POST", "clients/disable"), ("GET", "requests"), ("GET", "nowhere")):
+        async with http.request(method, fake.base_url + ADMIN + path, json={}, headers={"Origin": origin}) as response:
+            assert response.status == 403
+            answer = await response.json()
+        assert answer["error_code"] == "sandbox_error.forbidden"
+        assert f"refuses requests from web pages (Origin: {origin})" in answer["error_message"]
+    assert fake.issued_tokens == [] and fake.get_client().disabled_at is None
+
+
+async def test_its_own_origin_and_plain_clients_are_served(fake: FakeMoneyKit, http: aiohttp.ClientSession) -> None:
+    for origin in (fake.base_url, f"http://localhost:{fake.port}", f"http://[::1]:{fake.port}"):
+        async with http.post(fake.base_url + ADMIN + "tokens", json={}, headers={"Origin": origin}) as response:
+            assert response.status == 201, await response.text()
+    for host in (f"localhost:{fake.port}", f"127.0.0.1:{fake.port}", f"[::1]:{fake.port}", "api.localhost"):
+        async with http.get(fake.base_url + ADMIN, headers={"Host": host}) as response:
+            assert response.status == 200, host
+
+
+@pytest.mark.parametrize("host", ["attacker.example:{port}", "0.0.0.0:{port}", "192.168.1.5:{port}", "[::]:{port}"])
+async def test_a_loopback_sandbox_answers_only_requests_addressed_to_loopback(
+    fake: FakeMoneyKit, http: aiohttp.ClientSession, host: str
+) -> None:
+    # DNS rebinding: a page at attacker.example whose name now resolves to 127.0.0.1 is "same-origin" with
+    # the sandbox, so its GETs carry no Origin; they still carry its name in Host.
+    host = host.format(port=fake.port)
+    async with http.get(fake.base_url + ADMIN + "requests", headers={"Host": host}) as response:
+        assert response.status == 403
+        answer = await response.json()
+    assert answer["error_code"] == "sandbox_error.forbidden"
+    assert (
+        f"only requests addressed to a loopback name such as {fake.base_url} (got Host: {host})"
+        in (answer["error_message"])
+    )
+
+
+async def test_a_sandbox_on_all_addresses_accepts_any_host_but_not_other_origins(
+    no_leaked_tasks: None, http: aiohttp.ClientSession
+) -> None:
+    async with FakeMoneyKit(host="0.0.0.0") as fake:
+        url = f"http://127.0.0.1:{fake.port}{ADMIN}"
+        async with http.get(url, headers={"Host": f"sandbox:{fake.port}"}) as response:
+            assert response.status == 200
+        async with http.post(url + "tokens", json={}, headers={"Origin": f"http://127.0.0.1:{fake.port}"}) as response:
+            assert response.status == 403  # its own origin is http://0.0.0.0:PORT
+        async with http.post(url + "tokens", json={}, headers={"Origin": fake.base_url}) as response:
+            assert response.status == 201
 
 
 # -- the README's curl session -------------------------------------------------------------------------
@@ -465,3 +595,77 @@ async def test_the_cli_admin_client_explains_what_it_cannot_use(no_leaked_tasks:
     with pytest.raises(UsageError, match="not JSON"):
         sandbox_url(Namespace(base_url=None, state_in=str(state)))
     assert sandbox_url(Namespace(base_url="http://x:1", state_in=str(state))) == "http://x:1"  # --base-url first
+
+
+# -- the CLI sends nothing where it should not ---------------------------------------------------------
+
+
+async def test_admin_calls_never_follow_a_redirect(no_leaked_tasks: None) -> None:
+    async with FakeMoneyKit(admin=False) as redirector, FakeMoneyKit() as elsewhere:
+        for path in ("tokens", "tokens/revoke", ""):
+            # 307 and 308 re-send the body (a token) to wherever Location says
+            redirector.inject(ADMIN + path, Fault(status=307, headers={"Location": elsewhere.base_url + ADMIN + path}))
+        token = elsewhere.mint_token()
+        with pytest.raises(UsageError, match=r"\(HTTP 307, a redirect, not followed on /_sandbox/tokens\)"):
+            await admin_call(redirector.base_url, "POST", "tokens", {})
+        with pytest.raises(UsageError, match="is not a running moneykit-async sandbox"):
+            await admin_call(redirector.base_url, "POST", "tokens/revoke", {"access_token": token}, sandbox_first=True)
+        assert elsewhere.issued_tokens == [token]  # nothing minted there
+        assert redirector.count(ADMIN + "tokens/revoke") == 0  # the probe was refused: the token never left
+        assert (await introspect_status(elsewhere, token)) == 200
+
+
+async def introspect_status(fake: FakeMoneyKit, token: str) -> int:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(fake.base_url + INTROSPECT, headers={"Authorization": f"Bearer {token}"}) as response,
+    ):
+        return response.status
+
+
+async def test_revoke_and_expire_send_the_token_only_to_a_sandbox(no_leaked_tasks: None) -> None:
+    token = "mk_live_a_real_token_from_production"
+    async with FakeMoneyKit(admin=False) as production:
+        # $MONEYKIT_BASE_URL is the only target given: it is often MoneyKit itself
+        for command in ("revoke", "expire"):
+            code, out, err = await cli("sandbox", command, stdin=token.encode(), MONEYKIT_BASE_URL=production.base_url)
+            assert (code, out) == (2, "") and len(err.splitlines()) == 1, err
+            assert f"{production.base_url} is not a running moneykit-async sandbox" in err
+            assert "the token was not sent" in err and token not in err
+        # a server that answers 200 JSON to anything is not a sandbox either
+        production.inject(ADMIN, Fault(status=200, json={"ok": True}))
+        code, _, err = await cli("sandbox", "revoke", token, "--base-url", production.base_url)
+        assert code == 2 and "is not a running moneykit-async sandbox (GET /_sandbox/: HTTP 200" in err
+        assert [r.path for r in production.requests] == [ADMIN] * 3  # the probes only: no token was sent
+    async with FakeMoneyKit() as sandbox:
+        minted = sandbox.mint_token()
+        code, out, err = await cli("sandbox", "expire", stdin=minted.encode(), MONEYKIT_BASE_URL=sandbox.base_url)
+        assert (code, out) == (0, f"expired the token with fingerprint {fingerprint(minted)}\n"), err
+
+
+async def test_plain_http_goes_only_to_this_machine(no_leaked_tasks: None) -> None:
+    async with asyncio.timeout(10):  # nothing is sent: no connection is even tried (192.0.2.1 would hang)
+        for url in ("http://192.0.2.1:8765", "http://sandbox.example", "http://[2001:db8::1]:8765"):
+            with pytest.raises(UsageError, match="refusing to send sandbox admin calls over plain http to"):
+                await admin_call(url, "POST", "tokens/revoke", {"access_token": "t"}, sandbox_first=True)
+            with pytest.raises(UsageError, match="plain http"):
+                await admin_call(url, "GET", "requests")
+        code, out, err = await cli("sandbox", "mint", MONEYKIT_BASE_URL="http://192.0.2.1:8765")
+        assert (code, out) == (2, "") and "over plain http to http://192.0.2.1:8765" in err
+    async with FakeMoneyKit(host="0.0.0.0") as everywhere:  # its state file says http://0.0.0.0:PORT
+        assert (await admin_call(everywhere.base_url, "GET", ""))["client_id"] == everywhere.client_id
+    ipv6 = FakeMoneyKit(host="::1")
+    try:
+        await ipv6.start()
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    try:
+        assert ipv6.base_url == f"http://[::1]:{ipv6.port}"
+        assert (await admin_call(ipv6.base_url, "GET", ""))["client_id"] == ipv6.client_id
+    finally:
+        await ipv6.close()
+
+
+async def test_the_token_lifetime_of_the_sandbox_is_bounded(no_leaked_tasks: None) -> None:
+    code, out, err = await cli("sandbox", "--token-lifetime", str(10**400))
+    assert (code, out) == (2, "") and "--token-lifetime must be from 1 to 315360000 seconds" in err
