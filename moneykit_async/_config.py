@@ -25,6 +25,7 @@ __all__ = [
     "Timeout",
     "check_seconds",
     "check_whole",
+    "is_loopback",
     "resolve_base_url",
 ]
 
@@ -116,7 +117,9 @@ class Timeout:
     attempt: float | None = attrs.field(default=5.0, validator=_seconds_or_none)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """True for `localhost` (and its subdomains, RFC 6761) and loopback addresses such as 127.0.0.1, ::1."""
+    host = host.rstrip(".").lower()
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
@@ -145,7 +148,7 @@ def resolve_base_url(explicit: str | None, environ: Mapping[str, str], *, allow_
         raise ConfigurationError(f"{source} {shown} must be an absolute http(s) URL such as {DEFAULT_BASE_URL!r}")
     if url.query_string or url.fragment:
         raise ConfigurationError(f"{source} must not carry a query or fragment; got {shown}")
-    if url.scheme == "http" and not allow_insecure_http and not _is_loopback(url.host):
+    if url.scheme == "http" and not allow_insecure_http and not is_loopback(url.host):
         raise ConfigurationError(
             f"{source} {shown} uses plain http to a non-loopback host, which would send tokens in clear; "
             "use https, or pass allow_insecure_http=True if you really mean it"

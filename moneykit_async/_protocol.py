@@ -246,26 +246,25 @@ def _validation_error(what: str, status: int, headers: Mapping[str, str], exc: E
     )
 
 
-def parse_introspection(status: int, headers: Mapping[str, str], body: bytes) -> AccessTokenDetails:
-    """Turn a `GET /auth/introspect` answer into details, or raise the matching MoneyKitError."""
-    _raise_for_error(status, headers, body)
-    data = _decode_object("GET /auth/introspect", status, headers, body)
-    try:
-        details: AccessTokenDetails = _structure_details(data, AccessTokenDetails)
-    except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
-        raise _validation_error("GET /auth/introspect", status, headers, exc) from exc
-    return details
+def _parse_model(what: str, structure: Callable[[Any, type], Any], cls: type[_T]) -> Parser[_T]:
+    """The parser of an endpoint that answers one JSON object: an error status becomes its MoneyKitError,
+    a body that is not the model a ResponseValidationError naming the field's path."""
+
+    def parse(status: int, headers: Mapping[str, str], body: bytes) -> _T:
+        _raise_for_error(status, headers, body)
+        data = _decode_object(what, status, headers, body)
+        try:
+            model: _T = structure(data, cls)
+        except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
+            raise _validation_error(what, status, headers, exc) from exc
+        return model
+
+    return parse
 
 
-def parse_jwks(status: int, headers: Mapping[str, str], body: bytes) -> JsonWebKeySet:
-    """Turn a `GET /.well-known/jwks.json` answer into a key set, or raise the matching MoneyKitError."""
-    _raise_for_error(status, headers, body)
-    data = _decode_object("GET /.well-known/jwks.json", status, headers, body)
-    try:
-        keys: JsonWebKeySet = _structure_jwks(data, JsonWebKeySet)
-    except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
-        raise _validation_error("GET /.well-known/jwks.json", status, headers, exc) from exc
-    return keys
+# `GET /auth/introspect` answers → AccessTokenDetails; `GET /.well-known/jwks.json` answers → JsonWebKeySet.
+parse_introspection: Final = _parse_model("GET /auth/introspect", _structure_details, AccessTokenDetails)
+parse_jwks: Final = _parse_model("GET /.well-known/jwks.json", _structure_jwks, JsonWebKeySet)
 
 
 def token_endpoint(obtained_at: float) -> Endpoint[AccessToken]:

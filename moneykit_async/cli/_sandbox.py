@@ -27,6 +27,7 @@ from typing import Any, TextIO
 import aiohttp
 from yarl import URL
 
+from .._config import is_loopback
 from .._errors import InvalidInputError, TransportError, UsageError
 from .._models import fingerprint
 from ..testing import ADMIN_PREFIX, FakeMoneyKit
@@ -162,19 +163,10 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 # -- serving ---------------------------------------------------------------------------------------
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _is_this_machine(host: str) -> bool:
     """Loopback, or 0.0.0.0 / :: (what a state file says of `sandbox --host 0.0.0.0`): never the network."""
     try:
-        return _is_loopback(host) or ipaddress.ip_address(host).is_unspecified
+        return is_loopback(host) or ipaddress.ip_address(host).is_unspecified
     except ValueError:
         return False
 
@@ -207,7 +199,7 @@ async def serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         host=args.host, port=args.port, token_lifetime=args.token_lifetime, admin=args.admin
     ) as fake:
         admin_url = fake.base_url + ADMIN_PREFIX if args.admin else None
-        if admin_url and not _is_loopback(args.host):
+        if admin_url and not is_loopback(args.host):
             err.write(
                 f"moneykit-async: warning: anyone who can reach {admin_url} can mint tokens and script faults; "
                 "pass --no-admin or --host 127.0.0.1 to prevent it\n"

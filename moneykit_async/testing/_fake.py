@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import ipaddress
 import json
 import math
 import secrets
@@ -39,7 +38,7 @@ from aiohttp import BasicAuth, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from .._config import API_VERSION
+from .._config import API_VERSION, is_loopback
 from .._errors import ConfigurationError, InvalidInputError, UsageError
 from .._models import fingerprint
 
@@ -845,17 +844,6 @@ class _Body:
         return self._data.get(name)
 
 
-def _is_loopback_host(host: str) -> bool:
-    """True for `localhost` (and its subdomains, RFC 6761) and loopback addresses such as 127.0.0.1, ::1."""
-    host = host.rstrip(".").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def _shown(value: Any) -> str:
     """`value` as JSON for a message, cut short (a number may have thousands of digits)."""
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
@@ -975,14 +963,14 @@ class _AdminAPI:
         requests addressed to a loopback name: a page whose DNS name was rebound to 127.0.0.1 sends
         its own name in `Host`."""
         fake = self._fake
-        own_loopback = _is_loopback_host(fake.host)
+        own_loopback = is_loopback(fake.host)
         host_header = request.headers.get("Host")
         if own_loopback and host_header is not None:  # no Host at all: HTTP/1.0, never a browser
             try:
                 addressed = URL(f"http://{host_header}").host
             except ValueError:
                 addressed = None
-            if addressed is None or not _is_loopback_host(addressed):
+            if addressed is None or not is_loopback(addressed):
                 return (
                     f"the admin API answers only requests addressed to a loopback name such as "
                     f"{fake.base_url} (got Host: {host_header[:100]})"
@@ -999,7 +987,7 @@ class _AdminAPI:
         if (
             (scheme, port) == (own_scheme, fake.port)
             and host is not None
-            and (host == fake.host or (own_loopback and _is_loopback_host(host)))
+            and (host == fake.host or (own_loopback and is_loopback(host)))
         ):
             return None
         return (
