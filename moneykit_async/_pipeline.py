@@ -30,7 +30,6 @@ from ._errors import (
 from ._events import (
     CallFinished,
     CallStarted,
-    Event,
     Hooks,
     OnEvent,
     RateChanged,
@@ -68,6 +67,17 @@ class Requeue(Exception):
     def __init__(self, after: float) -> None:
         super().__init__(f"send again in {after:g} s")
         self.after = after
+
+
+class _Call:
+    """What an observed call's events share: its id, its token's fingerprint, the attempts so far."""
+
+    __slots__ = ("attempts", "call_id", "tag")
+
+    def __init__(self, call_id: int, tag: str | None) -> None:
+        self.call_id = call_id
+        self.tag = tag
+        self.attempts = 0
 
 
 class Pipeline:
@@ -142,7 +152,7 @@ class Pipeline:
         """
         hook = self._hooks.hook
         if hook is None:
-            return self._attempts(endpoint, headers, form, deadline, subject, flow, None, 0)
+            return self._attempts(endpoint, headers, form, deadline, subject, flow, None, None)
         return self._observed(hook, endpoint, headers, form, deadline, subject, flow)
 
     async def _observed(
@@ -157,28 +167,19 @@ class Pipeline:
     ) -> _T:
         """`_attempts` between a CallStarted and a CallFinished event (the latter on every exit)."""
         self._calls += 1
-        call_id = self._calls
+        call = _Call(self._calls, None if subject is None else fingerprint(subject))
         path = self.url(endpoint.path).path
-        attempts = 0
-
-        def counting(event: Event) -> None:
-            nonlocal attempts
-            if type(event) is RequestStarted:
-                attempts += 1
-            hook(event)
-
-        tag = None if subject is None else fingerprint(subject)
-        emit(hook, CallStarted(endpoint.method, path, call_id, tag))
+        emit(hook, CallStarted(endpoint.method, path, call.call_id, call.tag))
         started = deadline.loop.time()
         error: str | None = None
         try:
-            return await self._attempts(endpoint, headers, form, deadline, subject, flow, counting, call_id)
+            return await self._attempts(endpoint, headers, form, deadline, subject, flow, hook, call)
         except BaseException as exc:
             error = type(exc).__name__
             raise
         finally:
             elapsed = deadline.loop.time() - started
-            emit(hook, CallFinished(endpoint.method, path, call_id, attempts, elapsed, error, tag))
+            emit(hook, CallFinished(endpoint.method, path, call.call_id, call.attempts, elapsed, error, call.tag))
 
     async def _attempts(
         self,
@@ -189,7 +190,7 @@ class Pipeline:
         subject: str | None,
         flow: bool,
         hook: OnEvent | None,
-        call_id: int,
+        call: _Call | None,  # set together with hook: the observed call's id, tag and attempt count
     ) -> _T:
         transport = self.transport
         loop = self.loop = deadline.loop  # bound by the transport when the deadline was set
@@ -197,7 +198,8 @@ class Pipeline:
         method, label, parse = endpoint.method, endpoint.label, endpoint.parse
         at = deadline.at
         attempt_limit = self._attempt
-        tag = fingerprint(subject) if hook is not None and subject is not None else None
+        tag = call.tag if call is not None else None
+        call_id = call.call_id if call is not None else 0
         started = 0.0
         retries = 0  # of failures: bounded by max_retries and the budget
         attempt = 0  # every attempt, throttled ones included
@@ -246,6 +248,8 @@ class Pipeline:
                     limit = remaining
                     by_deadline = True
             attempt += 1
+            if call is not None:
+                call.attempts = attempt
             if hook is not None:
                 started = loop.time()
                 emit(hook, RequestStarted(method, url.path, attempt, tag, call_id))

@@ -124,4 +124,5 @@ class RetryBudget:
         return True
 
     def record_success(self) -> None:
-        self.available = min(self.capacity, self.available + self.refill)
+        if self.available < self.capacity:  # usually full: one comparison per successful call
+            self.available = min(self.capacity, self.available + self.refill)
