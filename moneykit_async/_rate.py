@@ -8,14 +8,23 @@ grows back along a cubic curve), changed where its users found it lacking:
   time"), so concurrent callers are spread out one interval apart instead of woken together.
 - It stays out of the way until the first throttle (or a configured ceiling): until then `reserve`
   is one attribute test.
-- A throttle cuts the rate once per round trip, not once per 429: answers to requests sent before
-  the last cut describe the old rate and are ignored. The cut goes to the share of the measured send
-  rate that MoneyKit accepted since the last cut, at most `BETA` of it, so one cut lands near the
-  limit even from a burst many times over it.
-- Between throttles the rate grows along CUBIC's curve: flat near the rate that was throttled (most
-  time is spent just under the limit), then faster, so a raised limit is found again in seconds; never
-  above twice the rate MoneyKit accepted lately, so a climb towards a rate that was far over the limit
-  stops short of a second overshoot.
+- A throttle cuts the rate once per round, not once per 429. A round judges the new rate only: it
+  starts when the sends booked before the cut have gone, answers to older requests still arriving
+  start its tally again (they competed with it at MoneyKit), and a young round needs two refusals, not
+  one: right after a cut MoneyKit's bucket is empty, and one 429 is timer jitter, not a verdict. The
+  cut goes to `BETA` of the rate MoneyKit accepted (the measured send rate times the share accepted),
+  so one cut lands just under the limit even from a burst many times over it, and MoneyKit's bucket
+  refills; no burst is allowed right after a cut.
+- Between throttles the rate grows along CUBIC's curve, which remembers the rate that was throttled
+  (W_max). Until the limit is known it climbs back fast (`CUBIC_C`), and a shallow cut on the way back
+  keeps the W_max it climbs to. Once two cuts in a row land near the same rate (the limit is known),
+  the curve climbs back to a plateau a little under it (`PLATEAU`) and probes above it slowly
+  (`SETTLED_C`): more time is spent just under the limit and it is probed less often, which is what
+  keeps 429s (and, with a Retry-After, the waits of the throttled requests at the end of a batch)
+  rare. `PROBE_SPAN` over the plateau without a 429, the limit went up, and the curve climbs fast
+  (`ESCAPE_C`), so a raised limit is found again in seconds. Never above twice the rate MoneyKit
+  accepted lately, so a climb towards a rate that was far over the limit stops short of a second
+  overshoot.
 - A slot past the caller's deadline is never booked (the schedule cannot run away from callers that
   will not send), and after 30 s without a throttle the session is not paced at all any more.
 
@@ -33,10 +42,11 @@ import attrs
 
 __all__ = ["BETA", "RateController", "RateDecision", "SharedRate"]
 
-# The most a cut keeps of the measured send rate (the cut is deeper when more was refused).
+# A cut keeps this share of the rate MoneyKit accepted (the measured send rate times the share of the
+# round's answers that were not 429s): 5 % under the limit, so MoneyKit's bucket refills.
 BETA: Final = 0.95
-# CUBIC's growth constant, per second cubed, as a share of the rate that was throttled: a 5 % cut is
-# regained in ~0.55 s, and the rate doubles ~1.5 s after that if MoneyKit keeps accepting it.
+# CUBIC's growth constant until the limit is known, per second cubed, as a share of the rate that was
+# throttled: a 5 % cut is regained in ~0.55 s, and the rate doubles ~1.5 s after that.
 CUBIC_C: Final = 0.3
 # After this long without a cut, a session that was not given a ceiling paces no more: MoneyKit has not
 # throttled it lately, and a rate learned from old traffic must not hold back a new burst.
@@ -51,14 +61,26 @@ ACCEPTED_WINDOW: Final = 0.3
 # without ever sending more than a few requests above the rate.
 BURST_SECONDS: Final = 0.02
 # At most one cut per round: after a cut, the next waits for this many answers to requests sent at
-# the new rate, or MIN_ROUND seconds, so it is decided on what the new rate did.
+# the new rate, MIN_REFUSED of them 429s, or MIN_ROUND seconds, so it is decided on what the new rate did.
 MIN_ANSWERS: Final = 16
+MIN_REFUSED: Final = 2
 MIN_ROUND: Final = 0.1
 # However many were refused in a round, one cut keeps at least this share (the next round cuts again).
 MIN_KEEP: Final = 0.1
 # Rounds in a row in which MoneyKit accepted nothing: the quota is gone for now, not merely exceeded,
 # and the session pauses as a whole (see `RateDecision.pause`).
 PERSISTENT_STREAK: Final = 3
+# The limit is known when a shallow cut (share accepted >= BETA) throttled a rate within NEAR of the
+# rate the last cut throttled. The curve then climbs back (at CUBIC_C, ~0.5 s) to PLATEAU of the
+# throttled rate, and from there grows with SETTLED_C: back at the throttled rate ~1.3 s later (a probe
+# every ~1.8 s instead of every ~1 s). PROBE_SPAN over the plateau without a 429, the limit went up:
+# the curve grows with ESCAPE_C from there, doubling within ~1 s (a limit that went up is found again
+# within ~3 s of the last cut).
+NEAR: Final = 0.05
+PLATEAU: Final = 0.98
+SETTLED_C: Final = 0.01
+PROBE_SPAN: Final = 0.02
+ESCAPE_C: Final = 1.2
 # Below this the measured rate is noise; cuts never go lower.
 DEFAULT_FLOOR: Final = 1.0
 
@@ -131,6 +153,10 @@ class RateController:
         self._cut_rate = ceiling or 0.0  # the rate right after the last cut
         self._cut_at = -math.inf
         self._k = 0.0  # seconds after the cut at which the curve is back at _w_max
+        self._c = CUBIC_C  # the curve's constant past _k: SETTLED_C once the limit is known
+        self._probe = math.inf  # seconds past _k at which a settled curve speeds up to CUBIC_C again
+        self._reference = 0.0  # the rate the last cut throttled
+        self._round_at = -math.inf  # when the round after the last cut started (its sends went out)
         self._meter = _Meter(1.0)  # sends
         self._accepted_meter = _Meter(ACCEPTED_WINDOW)  # answers that were not throttles
         # Answers to the requests sent since the last cut.
@@ -148,8 +174,13 @@ class RateController:
         if self._cut_at == -math.inf:  # only a ceiling so far
             return self.ceiling
         t = now - self._cut_at - self._k
-        grown = self._w_max * (1.0 + CUBIC_C * t * t * t)
-        grown = max(grown, self._cut_rate) if t < 0 else grown
+        if t < 0:  # climbing back from the cut
+            grown = max(self._w_max * (1.0 + CUBIC_C * t * t * t), self._cut_rate)
+        elif t > self._probe:  # a settled curve PROBE_SPAN over its plateau: a raised limit, climb fast
+            x = t - self._probe
+            grown = self._w_max * (1.0 + PROBE_SPAN + ESCAPE_C * x * x * x)
+        else:
+            grown = self._w_max * (1.0 + self._c * t * t * t)
         if self.ceiling is not None:
             grown = min(grown, self.ceiling)
         if t > -self._k / 2:
@@ -195,6 +226,9 @@ class RateController:
         """A request booked in `generation` got an answer that was not a throttle; returns a new rate if cut."""
         self._accepted_meter.record(now)
         if generation != self.cuts and not self._first_round:
+            # Sent before the last cut, and still being answered: they competed with this round's
+            # requests at MoneyKit, so the round's tally starts again.
+            self._accepted = self._refused = 0
             return None
         self._accepted += 1
         return self._maybe_cut(now) if self._refused else None
@@ -203,6 +237,7 @@ class RateController:
         """A request booked in `generation` was answered 429 at `now`: cut the rate, once per round trip."""
         self.throttled += 1
         if generation != self.cuts and not self._first_round:
+            self._accepted = self._refused = 0  # as in `accepted`
             return RateDecision(None, False)  # booked at the old rate: a cut already answered it
         self._refused += 1
         cut = self._maybe_cut(now)
@@ -210,29 +245,47 @@ class RateController:
 
     def _maybe_cut(self, now: float) -> float | None:
         """Cut at once, unless the last cut was so recent that its round has not said enough yet:
-        MIN_ANSWERS answers to requests sent at the new rate, or MIN_ROUND seconds."""
+        MIN_ANSWERS answers to requests sent at the new rate with MIN_REFUSED 429s, or MIN_ROUND seconds."""
         answered = self._accepted + self._refused
-        if answered < MIN_ANSWERS and now - self._cut_at < MIN_ROUND:
+        if now - self._round_at < MIN_ROUND and (answered < MIN_ANSWERS or self._refused < MIN_REFUSED):
             return None
         measured = self._meter.rate(now)
         current = self.rate(now)
         reference = measured if current is None else min(current, measured) if measured > 0 else current
         if reference <= 0:
             return None  # nothing sent lately (a slow 429): no rate to cut; its Retry-After still holds
-        # Keep the share MoneyKit accepted, at most BETA, and at least MIN_KEEP per round.
+        # BETA of the rate MoneyKit accepted, and at least MIN_KEEP of the rate per round.
         share = self._accepted / answered
-        keep = max(MIN_KEEP, min(BETA, share))
+        keep = max(MIN_KEEP, BETA * share)
         new = max(self.floor, reference * keep)
         if self.ceiling is not None:
             new = min(new, self.ceiling)
         self._streak = self._streak + 1 if self._accepted == 0 else 0
-        self._w_max = max(reference, new)  # the curve climbs back towards the rate that was throttled
+        last, self._reference = self._reference, reference
+        shallow = share >= BETA
+        if shallow and abs(reference - last) <= NEAR * last:
+            # Throttled near the same rate twice: the limit is known. Plateau just under it, probe slowly.
+            self._w_max = max(new, reference * PLATEAU)
+            self._c = SETTLED_C
+            self._probe = (PROBE_SPAN / SETTLED_C) ** (1.0 / 3.0)
+        else:
+            if shallow and now - self._cut_at < self._k:
+                # Nearly all accepted while still climbing back: MoneyKit's bucket was merely empty, and
+                # the rate throttled before still leads the climb.
+                self._w_max = max(reference, new, self._w_max)
+            else:
+                self._w_max = max(reference, new)  # the curve climbs back towards the rate that was throttled
+            self._c = CUBIC_C
+            self._probe = math.inf
         self._cut_rate = new
         self._cut_at = now
         self._k = ((self._w_max - new) / (CUBIC_C * self._w_max)) ** (1.0 / 3.0) if self._w_max > new else 0.0
         self.enabled = True
         self.cuts += 1
-        self._tat = max(self._tat, now)
+        # The round starts when the sends booked before the cut are out; no burst after a cut (MoneyKit's
+        # own bucket is empty now).
+        self._round_at = max(self._tat - BURST_SECONDS, now)
+        self._tat = max(self._tat, now + max(BURST_SECONDS, 1.0 / new))
         # After the very first cut, the answers still on their way (sent unpaced, before it) are the best
         # measure of how far over the limit that was: the next round counts them, so the second cut
         # lands near the limit one round trip later instead of several.

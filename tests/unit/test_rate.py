@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from moneykit_async._rate import BETA, MIN_ANSWERS, MIN_KEEP, MIN_ROUND, PERSISTENT_STREAK, RateController
+from moneykit_async._rate import (
+    BETA,
+    MIN_ANSWERS,
+    MIN_KEEP,
+    MIN_REFUSED,
+    MIN_ROUND,
+    PERSISTENT_STREAK,
+    PLATEAU,
+    RateController,
+)
 
 
 def send(rc: RateController, now: float, count: int = 1) -> list[float]:
@@ -183,7 +192,7 @@ def test_the_floor_holds() -> None:
     rc = RateController(floor=2.0)
     now = 0.0
     for _ in range(50):
-        rc.reserve(now)
+        now += rc.reserve(now)  # sent when its slot comes
         rc.refused(rc.generation, now)
         now += MIN_ROUND * 1.01
     assert rc.cuts > 10
@@ -213,3 +222,99 @@ def test_a_session_unthrottled_for_a_while_is_not_paced_any_more() -> None:
     assert rc.rate(0.2) is not None
     assert rc.reserve(40.0) == 0.0
     assert rc.rate(40.0) is None and not rc.enabled
+
+
+def answer(rc: RateController, now: float, accepted: int, refused: int) -> float | None:
+    """Answers to requests booked in the current generation, accepted ones first; the cut, if any."""
+    generation = rc.generation
+    cut = None
+    for _ in range(accepted):
+        cut = rc.accepted(generation, now) or cut
+    for _ in range(refused):
+        cut = rc.refused(generation, now).cut or cut
+    return cut
+
+
+def cut_at_2000() -> tuple[RateController, float]:
+    """A session sending 2,000/s unpaced for 0.5 s, then throttled once; (it, the time)."""
+    rc = RateController()
+    for i in range(1000):
+        rc.reserve(i * 0.0005)
+        rc.accepted(rc.generation, i * 0.0005)
+    assert rc.refused(rc.generation, 0.5).cut is not None
+    return rc, 0.5
+
+
+def test_a_cut_lands_beta_under_the_rate_moneykit_accepted() -> None:
+    rc, now = cut_at_2000()
+    now = run_accepting(rc, now, 1.0, step=0.0001)
+    assert answer(rc, now, 0, 1) is not None  # a new round starts
+    for _ in range(2000):  # 0.2 s of sends at the controller's pace, not answered yet
+        rc.reserve(now, horizon=0.0)
+        now += 0.0001
+    rate = rc.rate(now)
+    assert rate is not None
+    cut = answer(rc, now, accepted=1, refused=1)  # a round under way: the first 429 cuts; half refused
+    assert cut == pytest.approx(rate * 0.5 * BETA, rel=0.05)  # under the accepted rate: MoneyKit's bucket refills
+
+
+def test_no_burst_right_after_a_cut() -> None:
+    rc, now = cut_at_2000()
+    rate = rc.rate(now)
+    assert rate is not None
+    waits = send(rc, now, 5)
+    assert waits == pytest.approx([0.0, 1 / rate, 2 / rate, 3 / rate, 4 / rate], rel=0.01)
+
+
+def test_one_refusal_in_a_young_round_is_not_yet_a_verdict() -> None:
+    rc, now = cut_at_2000()
+    now = run_accepting(rc, now, 1.0, step=0.0001)
+    assert answer(rc, now, 0, 1) is not None  # a round long under way: the first 429 cuts
+    now += 0.01
+    # The new round: MIN_ANSWERS answers, only one of them a 429, is the jitter of MoneyKit's emptied bucket.
+    assert answer(rc, now, MIN_ANSWERS, 1) is None
+    assert answer(rc, now, 0, MIN_REFUSED - 1) is not None  # a second 429 is a verdict
+
+
+def test_answers_to_requests_sent_before_a_cut_start_the_round_again() -> None:
+    rc, now = cut_at_2000()
+    now = run_accepting(rc, now, 1.0, step=0.0001)
+    old = rc.generation
+    assert answer(rc, now, 0, 1) is not None
+    now += 0.01
+    assert answer(rc, now, MIN_ANSWERS, 1) is None
+    rc.accepted(old, now)  # still competing with the new round at MoneyKit: its tally starts again
+    assert answer(rc, now, MIN_ANSWERS - 2, 1) is None  # two 429s would end the old tally, not this one
+    assert answer(rc, now, 0, 1) is not None  # MIN_ANSWERS answers since, two of them 429s
+
+
+def test_a_known_limit_is_held_just_under_and_probed_slowly() -> None:
+    rc, now = cut_at_2000()
+    now = run_accepting(rc, now, 1.0, step=0.0001)  # back over 2,000/s
+    throttled = rc.rate(now)
+    assert throttled is not None
+    cut = answer(rc, now, 0, 1)  # throttled again near the same rate: the limit is known
+    assert cut is not None
+    samples = []
+    for _ in range(15):  # MoneyKit accepting all it is sent, for 1.5 s
+        now = run_accepting(rc, now, 0.1, step=0.0001)
+        samples.append(rc.rate(now) or 0.0)
+    assert samples == sorted(samples)
+    assert samples[5] >= cut / BETA * PLATEAU * 0.99  # a plateau just under the limit within ~0.5 s
+    assert samples[-1] <= throttled  # and no probe above the rate that was throttled for 1.5 s
+    now = run_accepting(rc, now, 1.5, step=0.0001)
+    assert (rc.rate(now) or 0.0) > 2 * throttled  # a limit that went up is found again within 3 s
+
+
+def test_a_throttle_on_the_way_back_in_an_emptied_bucket_keeps_the_climb() -> None:
+    rc = RateController()
+    send(rc, 0.0, 500)
+    rc.refused(rc.generation, 0.05)
+    deep = answer(rc, 0.06, 2, MIN_ANSWERS - 2)  # the unpaced burst: most of it refused
+    assert deep is not None
+    now = run_accepting(rc, 0.06, 0.2, step=0.0001)
+    shallow = answer(rc, now, 0, 1)  # a 429 on the way back, nearly all accepted
+    assert shallow is not None
+    now = run_accepting(rc, now, 0.3, step=0.0001)
+    # Still climbing fast towards the rate throttled first, not creeping up from the shallow cut.
+    assert (rc.rate(now) or 0.0) > shallow * 1.3
