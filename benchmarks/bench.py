@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import resource
 import statistics
@@ -29,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 CONTENDERS = [
     "raw_aiohttp",
     "sdk_introspect_many",
+    "sdk_introspect_many_unobserved",
     "sdk_introspect_many_unordered",
     "sdk_gather",
     "cli_check",
@@ -80,11 +82,16 @@ def request_latencies() -> tuple[list[float], Callable[[object], None]]:
     return latencies, on_event
 
 
-async def sdk_introspect_many(url: str, n: int, concurrency: int, ordered: bool = True) -> list[float]:
+async def sdk_introspect_many(
+    url: str, n: int, concurrency: int, ordered: bool = True, observed: bool = True
+) -> list[float]:
+    """`observed`: latency from the SDK's events (a hook sees every call, as a metrics user's would);
+    without it, no hook at all: the cost of the SDK alone, with no latency figure."""
     from moneykit_async import MoneyKitSession
 
     latencies, on_event = request_latencies()
-    async with MoneyKitSession(base_url=url, max_connections=concurrency, on_event=on_event) as mk:
+    hook = {"on_event": on_event} if observed else {}
+    async with MoneyKitSession(base_url=url, max_connections=concurrency, **hook) as mk:
         async for _ in mk.introspect_many(tokens(WARMUP), concurrency=concurrency):
             pass
         latencies.clear()
@@ -190,6 +197,7 @@ def run_contender(name: str, url: str, n: int, concurrency: int) -> dict[str, An
     runners: dict[str, Callable[[], list[float]]] = {
         "raw_aiohttp": lambda: asyncio.run(raw_aiohttp(url, n, concurrency)),
         "sdk_introspect_many": lambda: asyncio.run(sdk_introspect_many(url, n, concurrency)),
+        "sdk_introspect_many_unobserved": lambda: asyncio.run(sdk_introspect_many(url, n, concurrency, observed=False)),
         "sdk_introspect_many_unordered": lambda: asyncio.run(sdk_introspect_many(url, n, concurrency, ordered=False)),
         "sdk_gather": lambda: asyncio.run(sdk_gather(url, n, concurrency)),
         "cli_check": lambda: asyncio.run(cli_check(url, n, concurrency)),
@@ -209,8 +217,8 @@ def run_contender(name: str, url: str, n: int, concurrency: int) -> dict[str, An
         "requests": n,
         "requests_per_s": n / (wall * n / total),  # warm-up runs at the same rate; scale wall to n
         "cpu_us_per_request": cpu / total * 1e6,
-        "p50_ms": latencies[len(latencies) // 2] * 1e3,
-        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3,
+        "p50_ms": latencies[len(latencies) // 2] * 1e3 if latencies else math.nan,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3 if latencies else math.nan,
         "peak_rss_mb": after.ru_maxrss / 1024,
     }
 

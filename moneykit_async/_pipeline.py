@@ -69,17 +69,6 @@ class Requeue(Exception):
         self.after = after
 
 
-class _Call:
-    """What an observed call's events share: its id, its token's fingerprint, the attempts so far."""
-
-    __slots__ = ("attempts", "call_id", "tag")
-
-    def __init__(self, call_id: int, tag: str | None) -> None:
-        self.call_id = call_id
-        self.tag = tag
-        self.attempts = 0
-
-
 class Pipeline:
     """Pacing, attempts, retries, pauses and the retry budget of one session, over one transport."""
 
@@ -147,39 +136,10 @@ class Pipeline:
         `subject` is the token the call is about (only its fingerprint is ever reported). A 429 is flow
         control: it cuts the session's send rate and is retried no sooner than its Retry-After, within
         the deadline, without spending retries or the budget; with `flow` (a batch, which requeues the
-        token and moves on) it is raised at once instead. A plain function: an unobserved call awaits
-        the loop itself, one frame less than a wrapper would cost.
+        token and moves on) it is raised at once instead. With an event hook, the call is reported
+        between a CallStarted and a CallFinished event (on every exit, cancellation included).
         """
-        hook = self._hooks.hook
-        if hook is None:
-            return self._attempts(endpoint, headers, form, deadline, subject, flow, None, None)
-        return self._observed(hook, endpoint, headers, form, deadline, subject, flow)
-
-    async def _observed(
-        self,
-        hook: OnEvent,
-        endpoint: Endpoint[_T],
-        headers: dict[str, str],
-        form: dict[str, str] | None,
-        deadline: Deadline,
-        subject: str | None,
-        flow: bool,
-    ) -> _T:
-        """`_attempts` between a CallStarted and a CallFinished event (the latter on every exit)."""
-        self._calls += 1
-        call = _Call(self._calls, None if subject is None else fingerprint(subject))
-        path = self.url(endpoint.path).path
-        emit(hook, CallStarted(endpoint.method, path, call.call_id, call.tag))
-        started = deadline.loop.time()
-        error: str | None = None
-        try:
-            return await self._attempts(endpoint, headers, form, deadline, subject, flow, hook, call)
-        except BaseException as exc:
-            error = type(exc).__name__
-            raise
-        finally:
-            elapsed = deadline.loop.time() - started
-            emit(hook, CallFinished(endpoint.method, path, call.call_id, call.attempts, elapsed, error, call.tag))
+        return self._attempts(endpoint, headers, form, deadline, subject, flow, self._hooks.hook)
 
     async def _attempts(
         self,
@@ -190,7 +150,6 @@ class Pipeline:
         subject: str | None,
         flow: bool,
         hook: OnEvent | None,
-        call: _Call | None,  # set together with hook: the observed call's id, tag and attempt count
     ) -> _T:
         transport = self.transport
         loop = self.loop = deadline.loop  # bound by the transport when the deadline was set
@@ -198,9 +157,9 @@ class Pipeline:
         method, label, parse = endpoint.method, endpoint.label, endpoint.parse
         at = deadline.at
         attempt_limit = self._attempt
-        tag = call.tag if call is not None else None
-        call_id = call.call_id if call is not None else 0
-        started = 0.0
+        tag: str | None = None
+        call_id = 0
+        started = called = 0.0
         retries = 0  # of failures: bounded by max_retries and the budget
         attempt = 0  # every attempt, throttled ones included
         throttles = 0
@@ -208,121 +167,134 @@ class Pipeline:
         rate = self.rate
         shared = self.shared
         fleet_generation: int | None = None
-        while True:
-            if self.closed:
-                raise SessionClosedError(CLOSED_IN_FLIGHT)
-            if self.paused_until > loop.time():
-                await self._wait_out_pause(deadline)
-            generation = rate.cuts  # the rate's generation: answers to older ones do not cut it again
-            horizon = math.inf if at is None else at - loop.time()
-            fleet = None if shared is None else await self._reserve_shared(shared, horizon, deadline)
-            if fleet is not None:
-                fleet_generation, wait = fleet
-            else:  # this process's own schedule (0 until the first throttle: nothing is paced)
-                fleet_generation = None
-                wait = rate.reserve(loop.time(), horizon)
-            if wait:
-                if wait >= horizon:  # not booked: the slot would come after the deadline
-                    if flow:
-                        raise Requeue(wait)  # a batch sends the token when its slot comes, not before
-                    raise _paced_out(wait)
-                await self.sleep(wait)
-            if slots is not None:
-                if slots.locked():  # every connection is busy: wait for one, bounded by the deadline only
-                    await deadline.bound(slots.acquire())
-                    if self.closed:  # close() ran while this call waited: it must send nothing now
-                        slots.release()
-                        raise SessionClosedError(CLOSED_IN_FLIGHT)
-                else:
-                    await slots.acquire()  # free: returns at once
-            # The attempt is bounded by Timeout.attempt or the call's deadline, whichever comes first.
-            limit = attempt_limit
-            by_deadline = False
-            if at is not None:
-                remaining = at - loop.time()
-                if attempt_limit is None or remaining < attempt_limit:
-                    if remaining <= 0:
+        if hook is not None:  # an observed call: CallStarted now, CallFinished on every exit
+            self._calls += 1
+            call_id = self._calls
+            tag = None if subject is None else fingerprint(subject)
+            emit(hook, CallStarted(method, url.path, call_id, tag))
+            called = loop.time()
+        failure: str | None = None  # what the call raised, for CallFinished
+        try:
+            while True:
+                if self.closed:
+                    raise SessionClosedError(CLOSED_IN_FLIGHT)
+                if self.paused_until > loop.time():
+                    await self._wait_out_pause(deadline)
+                generation = rate.cuts  # the rate's generation: answers to older ones do not cut it again
+                horizon = math.inf if at is None else at - loop.time()
+                fleet = None if shared is None else await self._reserve_shared(shared, horizon, deadline)
+                if fleet is not None:
+                    fleet_generation, wait = fleet
+                else:  # this process's own schedule (0 until the first throttle: nothing is paced)
+                    fleet_generation = None
+                    wait = rate.reserve(loop.time(), horizon)
+                if wait:
+                    if wait >= horizon:  # not booked: the slot would come after the deadline
+                        if flow:
+                            raise Requeue(wait)  # a batch sends the token when its slot comes, not before
+                        raise _paced_out(wait)
+                    await self.sleep(wait)
+                if slots is not None:
+                    if slots.locked():  # every connection is busy: wait for one, bounded by the deadline only
+                        await deadline.bound(slots.acquire())
+                        if self.closed:  # close() ran while this call waited: it must send nothing now
+                            slots.release()
+                            raise SessionClosedError(CLOSED_IN_FLIGHT)
+                    else:
+                        await slots.acquire()  # free: returns at once
+                # The attempt is bounded by Timeout.attempt or the call's deadline, whichever comes first.
+                limit = attempt_limit
+                by_deadline = False
+                if at is not None:
+                    remaining = at - loop.time()
+                    if attempt_limit is None or remaining < attempt_limit:
+                        if remaining <= 0:
+                            if slots is not None:
+                                slots.release()
+                            raise deadline.error()
+                        limit = remaining
+                        by_deadline = True
+                attempt += 1
+                if hook is not None:
+                    started = loop.time()
+                    emit(hook, RequestStarted(method, url.path, attempt, tag, call_id))
+                try:
+                    try:
+                        status, response_headers, body = await transport.send(method, url, headers, form, limit)
+                    except RequestTimeoutError:
+                        # The attempt's timer was the call's deadline (not a connect timeout, which ends sooner).
+                        if by_deadline and at is not None and loop.time() >= at - _TIMER_SLACK:
+                            raise deadline.error() from None
+                        raise
+                    finally:
                         if slots is not None:
                             slots.release()
-                        raise deadline.error()
-                    limit = remaining
-                    by_deadline = True
-            attempt += 1
-            if call is not None:
-                call.attempts = attempt
-            if hook is not None:
-                started = loop.time()
-                emit(hook, RequestStarted(method, url.path, attempt, tag, call_id))
-            try:
-                try:
-                    status, response_headers, body = await transport.send(method, url, headers, form, limit)
-                except RequestTimeoutError:
-                    # The attempt's timer was the call's deadline (not a connect timeout, which ends sooner).
-                    if by_deadline and at is not None and loop.time() >= at - _TIMER_SLACK:
-                        raise deadline.error() from None
-                    raise
-                finally:
-                    if slots is not None:
-                        slots.release()
-                result = parse(status, response_headers, body)
-            except MoneyKitError as error:
+                    result = parse(status, response_headers, body)
+                except MoneyKitError as error:
+                    if hook is not None:
+                        emit(
+                            hook,
+                            RequestFinished(
+                                method,
+                                url.path,
+                                attempt,
+                                getattr(error, "status", None),
+                                loop.time() - started,
+                                type(error).__name__,
+                                tag,
+                                call_id,
+                            ),
+                        )
+                    time_left = deadline.left()
+                    if isinstance(error, RateLimitError):
+                        if shared is not None and fleet_generation is not None:
+                            shared.report(fleet_generation, accepted=False)
+                        delay = self._on_throttle(error, generation, throttles, loop.time())
+                        time_left = deadline.left()
+                        if (
+                            flow
+                            or delay is None
+                            or not self.retry.max_retries  # retrying switched off: off for 429s too
+                            or (time_left is not None and delay >= time_left)
+                            or (time_left is None and throttles >= MAX_THROTTLED_RETRIES)  # no deadline to end them
+                        ):
+                            error.retries_taken = retries
+                            raise
+                        throttles += 1
+                    else:
+                        if isinstance(error, APIError) and error.status < 500:  # an answer, and not a throttle
+                            self._accepted(generation, fleet_generation, loop.time())
+                        delay = retry_delay(self.retry, error, retries, time_left, self._rng)
+                        if delay is not None and not self._budget.try_spend():
+                            logger.debug("not retrying %s: the session's retry budget is spent", label)
+                            delay = None
+                        pause = session_pause(self.retry, error)
+                        if pause is not None:
+                            self._pause(pause, loop.time(), getattr(error, "status", 503))
+                        if delay is None:
+                            error.retries_taken = retries
+                            raise
+                        retries += 1
+                    reason = _reason(error)
+                    if hook is not None:
+                        emit(hook, RetryScheduled(method, url.path, attempt, delay, reason, tag, call_id))
+                    logger.debug("retrying %s (attempt %d) in %.3f s after %s", label, attempt + 1, delay, reason)
+                    await self.sleep(delay)
+                    continue
+                self._accepted(generation, fleet_generation, loop.time())
                 if hook is not None:
                     emit(
                         hook,
-                        RequestFinished(
-                            method,
-                            url.path,
-                            attempt,
-                            getattr(error, "status", None),
-                            loop.time() - started,
-                            type(error).__name__,
-                            tag,
-                            call_id,
-                        ),
+                        RequestFinished(method, url.path, attempt, status, loop.time() - started, None, tag, call_id),
                     )
-                time_left = deadline.left()
-                if isinstance(error, RateLimitError):
-                    if shared is not None and fleet_generation is not None:
-                        shared.report(fleet_generation, accepted=False)
-                    delay = self._on_throttle(error, generation, throttles, loop.time())
-                    time_left = deadline.left()
-                    if (
-                        flow
-                        or delay is None
-                        or not self.retry.max_retries  # retrying switched off: off for 429s too
-                        or (time_left is not None and delay >= time_left)
-                        or (time_left is None and throttles >= MAX_THROTTLED_RETRIES)  # no deadline to end them
-                    ):
-                        error.retries_taken = retries
-                        raise
-                    throttles += 1
-                else:
-                    if isinstance(error, APIError) and error.status < 500:  # an answer, and not a throttle
-                        self._accepted(generation, fleet_generation, loop.time())
-                    delay = retry_delay(self.retry, error, retries, time_left, self._rng)
-                    if delay is not None and not self._budget.try_spend():
-                        logger.debug("not retrying %s: the session's retry budget is spent", label)
-                        delay = None
-                    pause = session_pause(self.retry, error)
-                    if pause is not None:
-                        self._pause(pause, loop.time(), getattr(error, "status", 503))
-                    if delay is None:
-                        error.retries_taken = retries
-                        raise
-                    retries += 1
-                reason = _reason(error)
-                if hook is not None:
-                    emit(hook, RetryScheduled(method, url.path, attempt, delay, reason, tag, call_id))
-                logger.debug("retrying %s (attempt %d) in %.3f s after %s", label, attempt + 1, delay, reason)
-                await self.sleep(delay)
-                continue
-            self._accepted(generation, fleet_generation, loop.time())
+                self._budget.record_success()
+                return result
+        except BaseException as exc:
+            failure = type(exc).__name__
+            raise
+        finally:
             if hook is not None:
-                emit(
-                    hook, RequestFinished(method, url.path, attempt, status, loop.time() - started, None, tag, call_id)
-                )
-            self._budget.record_success()
-            return result
+                emit(hook, CallFinished(method, url.path, call_id, attempt, loop.time() - called, failure, tag))
 
     def _accepted(self, generation: int, fleet_generation: int | None, now: float) -> None:
         """MoneyKit answered (not with a 429): the rate controller and the fleet's limiter hear of it."""
