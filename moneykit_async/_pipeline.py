@@ -12,8 +12,7 @@ import asyncio
 import logging
 import math
 import random
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from yarl import URL
 
@@ -31,7 +30,6 @@ from ._events import (
     CallFinished,
     CallStarted,
     Hooks,
-    OnEvent,
     RateChanged,
     RateLimitPaused,
     RequestFinished,
@@ -122,7 +120,7 @@ class Pipeline:
         if self._closing is not None and not self._closing.done():
             self._closing.set_result(None)
 
-    def call(
+    async def call(
         self,
         endpoint: Endpoint[_T],
         headers: dict[str, str],
@@ -130,7 +128,7 @@ class Pipeline:
         deadline: Deadline,
         subject: str | None = None,
         flow: bool = False,
-    ) -> Coroutine[Any, Any, _T]:
+    ) -> _T:
         """One API call: pacing, attempts, retry decisions, pauses and the retry budget.
 
         `subject` is the token the call is about (only its fingerprint is ever reported). A 429 is flow
@@ -139,18 +137,7 @@ class Pipeline:
         token and moves on) it is raised at once instead. With an event hook, the call is reported
         between a CallStarted and a CallFinished event (on every exit, cancellation included).
         """
-        return self._attempts(endpoint, headers, form, deadline, subject, flow, self._hooks.hook)
-
-    async def _attempts(
-        self,
-        endpoint: Endpoint[_T],
-        headers: dict[str, str],
-        form: dict[str, str] | None,
-        deadline: Deadline,
-        subject: str | None,
-        flow: bool,
-        hook: OnEvent | None,
-    ) -> _T:
+        hook = self._hooks.hook
         transport = self.transport
         loop = self.loop = deadline.loop  # bound by the transport when the deadline was set
         url = self._urls.get(endpoint.path) or self.url(endpoint.path)
