@@ -9,9 +9,12 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
-from typing import TextIO
+import threading
+from collections.abc import Coroutine, Sequence
+from types import FrameType
+from typing import Any, TextIO
 
 from .._errors import ClientDisabledError, MoneyKitError, UsageError
 from .._models import fingerprint
@@ -130,6 +133,35 @@ def validate(args: argparse.Namespace) -> None:
         )
 
 
+# However a shutdown after Ctrl-C goes, the process is gone this long after it: a hung close must never
+# keep a terminal (or a CI job) waiting. Only whole JSON lines were written; what is still buffered is lost.
+INTERRUPT_GRACE = 5.0
+
+
+async def _interruptible(work: Coroutine[Any, Any, int]) -> int:
+    """`work`, with a last resort after Ctrl-C: asyncio cancels the work as usual (whole lines, status
+    130), and if the process has not exited INTERRUPT_GRACE seconds later, it exits with 130 anyway."""
+    previous = signal.getsignal(signal.SIGINT)  # asyncio.run's own: it cancels the main task
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        timer = threading.Timer(INTERRUPT_GRACE, _exit_interrupted)
+        timer.daemon = True
+        timer.start()
+        if callable(previous):
+            previous(signum, frame)
+        else:  # pragma: no cover - asyncio.run always installs one in the main thread
+            raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, on_sigint)
+    return await work
+
+
+def _exit_interrupted() -> None:
+    os.write(2, b"moneykit-async: interrupted (the shutdown took too long; exiting now)\n")
+    os._exit(EXIT_INTERRUPTED)
+
+
 def _discard_stdout() -> None:
     """After a broken pipe: send what is left of stdout to /dev/null, so the flush at exit cannot fail
     (Python's "Exception ignored ... BrokenPipeError"), as the signal module's documentation advises."""
@@ -150,9 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         validate(args)
         if args.command == "introspect":
             token = token_from_stdin() if args.token == "-" else args.token
-            code = asyncio.run(cmd_introspect(args, out, token))
+            code = asyncio.run(_interruptible(cmd_introspect(args, out, token)))
         elif args.command == "check":
-            code = asyncio.run(cmd_check(args, out, err))
+            code = asyncio.run(_interruptible(cmd_check(args, out, err)))
         elif args.command == "sandbox":
             code = run_sandbox(args, out, err)
         else:

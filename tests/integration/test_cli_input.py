@@ -7,7 +7,11 @@ import asyncio
 import json
 import os
 import signal
+import sys
+import textwrap
 from pathlib import Path
+
+import pytest
 
 from moneykit_async.testing import FakeMoneyKit
 
@@ -132,3 +136,39 @@ async def test_a_reader_that_leaves_early_makes_check_exit_1_quietly(fake: FakeM
         "moneykit-async: the output was closed before every result was written"
     ]
     assert fake.count("/auth/introspect") < len(tokens)  # it stopped checking
+
+
+@pytest.mark.slow
+async def test_ctrl_c_exits_130_even_when_the_shutdown_hangs() -> None:
+    # A last resort, whatever hangs: work that ignores its cancellation must not keep the process alive.
+    script = textwrap.dedent(
+        """
+        import asyncio, sys
+        from moneykit_async.cli._main import _interruptible
+
+        async def stubborn() -> int:
+            print("ready", flush=True)
+            while True:
+                try:
+                    await asyncio.sleep(3600)
+                except asyncio.CancelledError:
+                    pass  # a bug somewhere: the cancellation is swallowed
+
+        asyncio.run(_interruptible(stubborn()))
+        """
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=clean_env()
+    )
+    assert process.stdout is not None and process.stderr is not None
+    try:
+        assert await asyncio.wait_for(process.stdout.readline(), timeout=60) == b"ready\n"
+        process.send_signal(signal.SIGINT)
+        err = await asyncio.wait_for(process.stderr.read(), timeout=60)
+        code = await asyncio.wait_for(process.wait(), timeout=60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert code == 130
+    assert b"interrupted (the shutdown took too long; exiting now)" in err
