@@ -143,17 +143,16 @@ async def _interruptible(work: Coroutine[Any, Any, int]) -> int:
     130), and if the process has not exited INTERRUPT_GRACE seconds later, it exits with 130 anyway."""
     previous = signal.getsignal(signal.SIGINT)  # asyncio.run's own: it cancels the main task
 
+    if not callable(previous):  # SIGINT ignored since start (e.g. `cmd &` in a script): it stays ignored
+        return await work
+
     def on_sigint(signum: int, frame: FrameType | None) -> None:
         timer = threading.Timer(INTERRUPT_GRACE, _exit_interrupted)
         timer.daemon = True
         timer.start()
-        if callable(previous):
-            previous(signum, frame)
-        else:  # pragma: no cover - asyncio.run always installs one in the main thread
-            raise KeyboardInterrupt
+        previous(signum, frame)
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGINT, on_sigint)
     return await work
 
 

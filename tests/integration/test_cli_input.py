@@ -17,6 +17,16 @@ from moneykit_async.testing import FakeMoneyKit
 
 from ..helpers import CLI, clean_env, run_cli
 
+# The CLI as started from a terminal, where Ctrl-C is not ignored. A process started in the background by a
+# non-interactive shell (`make test &`, nohup) inherits SIGINT ignored, and so do its children; Python then
+# keeps ignoring it, as it should. These tests are about Ctrl-C, so they restore what a terminal gives.
+CLI_AT_A_TERMINAL = (
+    sys.executable,
+    "-c",
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('moneykit_async', run_name='__main__', alter_sys=True)",
+)
+
 
 def _env(fake: FakeMoneyKit) -> dict[str, str]:
     return clean_env(MONEYKIT_BASE_URL=fake.base_url)
@@ -25,7 +35,7 @@ def _env(fake: FakeMoneyKit) -> dict[str, str]:
 async def test_ctrl_c_on_an_open_stdin_exits_130_promptly_with_whole_lines(fake: FakeMoneyKit) -> None:
     tokens = [fake.mint_token() for _ in range(200)]
     process = await asyncio.create_subprocess_exec(
-        *CLI,
+        *CLI_AT_A_TERMINAL,
         "check",
         "-",
         stdin=asyncio.subprocess.PIPE,
@@ -143,8 +153,10 @@ async def test_ctrl_c_exits_130_even_when_the_shutdown_hangs() -> None:
     # A last resort, whatever hangs: work that ignores its cancellation must not keep the process alive.
     script = textwrap.dedent(
         """
-        import asyncio, sys
+        import asyncio, signal, sys
         from moneykit_async.cli._main import _interruptible
+
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal (see CLI_AT_A_TERMINAL)
 
         async def stubborn() -> int:
             print("ready", flush=True)
