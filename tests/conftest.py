@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from moneykit_async import MoneyKitSession
-from moneykit_async.testing import FakeMoneyKit
+from moneykit_async.testing import APP_SHAPES, FakeMoneyKit
 
 ENV_VARS = ("MONEYKIT_CLIENT_ID", "MONEYKIT_CLIENT_SECRET", "MONEYKIT_ACCESS_TOKEN", "MONEYKIT_BASE_URL")
 
@@ -47,8 +47,9 @@ async def no_leaked_tasks(loop_errors: list[dict[str, object]]) -> AsyncIterator
 
 
 @pytest.fixture
-def fake(no_leaked_tasks: None, moneykit_fake: FakeMoneyKit) -> FakeMoneyKit:
-    """Our suite uses the same pytest plugin fixture our users get (`moneykit_fake`), plus a leak check."""
+def fake(no_leaked_tasks: None, moneykit_fake_options: dict[str, object], moneykit_fake: FakeMoneyKit) -> FakeMoneyKit:
+    """Our suite uses the same pytest plugin fixture our users get (`moneykit_fake`), plus a leak check.
+    (It names `moneykit_fake_options` so that modules can be run against every `app` shape, below.)"""
     return moneykit_fake
 
 
@@ -133,3 +134,21 @@ async def redis_url(redis_server: str) -> str:
     await client.flushall()
     await client.aclose()
     return redis_server
+
+
+# The introspection tests run against every `app` shape MoneyKit has published (see test_app_shapes.py).
+ALL_APP_SHAPES_MODULES = frozenset({"test_session", "test_token_lifecycle", "test_events", "test_batch"})
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.module.__name__.rpartition(".")[2]
+    if module in ALL_APP_SHAPES_MODULES and "moneykit_fake_options" in metafunc.fixturenames:
+        options = [{"app_shape": shape} for shape in APP_SHAPES]
+        metafunc.parametrize("moneykit_fake_options", options, indirect=True, ids=list(APP_SHAPES))
+
+
+@pytest.fixture
+def moneykit_fake_options(request: pytest.FixtureRequest) -> dict[str, object]:
+    """The FakeMoneyKit options of a test: an `app` shape where the module runs them all, else defaults."""
+    options: dict[str, object] = getattr(request, "param", {})
+    return options
