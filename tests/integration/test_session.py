@@ -223,3 +223,17 @@ async def test_every_request_carries_the_api_version_and_bearer(fake: FakeMoneyK
         assert request.headers["Accept"] == "application/json"
     assert introspections[0].headers["Authorization"] == f"Bearer {token}"
     assert "Cookie" not in introspections[1].headers
+
+
+async def test_this_module_runs_against_the_app_shape_it_was_given(
+    fake: FakeMoneyKit, moneykit_fake_options: dict[str, object], mk: MoneyKitSession
+) -> None:
+    # The conftest runs this module once per published `app` shape: the fake must really answer in it.
+    assert "app_shape" in moneykit_fake_options and fake.app_shape == moneykit_fake_options["app_shape"]
+    async with aiohttp.ClientSession() as http:
+        token = fake.mint_token()
+        async with http.get(fake.base_url + INTROSPECT, headers={"Authorization": f"Bearer {token}"}) as resp:
+            app = (await resp.json())["app"]
+    expected = {"full": {"app_id", "name", "id", "app_name"}, "app_id_name": {"app_id", "name"}}
+    assert set(app) == expected.get(fake.app_shape, {"id", "app_name"})
+    assert (await mk.introspect(token)).app.app_id == fake.demo_client.app_id
