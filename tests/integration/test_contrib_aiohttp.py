@@ -28,8 +28,9 @@ from moneykit_async.contrib.aiohttp import (
 )
 from moneykit_async.testing import FakeMoneyKit, Fault
 
+from ..bearer_matrix import CASES, bearer, headers_for
+
 INTROSPECT = "/auth/introspect"
-NARROW = "institutions:read"
 Start = Callable[[web.Application], Awaitable[str]]
 
 
@@ -117,10 +118,6 @@ def env(fake: FakeMoneyKit, monkeypatch: pytest.MonkeyPatch) -> FakeMoneyKit:
     return fake
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 async def get(http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None) -> tuple[int, Any, Any]:
     async with http.get(url, headers=headers or {}) as response:
         return response.status, response.headers, await response.json()
@@ -131,17 +128,7 @@ async def get(http: aiohttp.ClientSession, url: str, headers: dict[str, str] | N
 
 @pytest.mark.parametrize(
     ("case", "status", "challenge"),
-    [
-        ("valid", 200, None),
-        ("no token", 401, 'Bearer realm="api"'),
-        ("basic scheme", 401, 'Bearer realm="api"'),
-        ("malformed", 400, 'Bearer realm="api", error="invalid_request"'),
-        ("garbage", 401, 'Bearer realm="api", error="invalid_token"'),
-        ("expired", 401, 'Bearer realm="api", error="invalid_token", error_description="the access token expired"'),
-        ("revoked", 401, 'Bearer realm="api", error="invalid_token"'),
-        ("disabled client", 401, 'Bearer realm="api", error="invalid_token"'),
-        ("wrong scope", 403, 'Bearer realm="api", error="insufficient_scope"'),
-    ],
+    CASES,
 )
 async def test_each_kind_of_token_gets_its_rfc_6750_answer(
     env: FakeMoneyKit, serve: Start, http: aiohttp.ClientSession, case: str, status: int, challenge: str | None
@@ -149,24 +136,7 @@ async def test_each_kind_of_token_gets_its_rfc_6750_answer(
     fake = env
     app = make_app()
     base = await serve(app)
-    token = fake.mint_token()
-    headers = bearer(token)
-    if case == "no token":
-        headers = {}
-    elif case == "basic scheme":
-        headers = {"Authorization": "Basic dXNlcjpwYXNz"}
-    elif case == "malformed":
-        headers = {"Authorization": f"Bearer {token} extra"}
-    elif case == "garbage":
-        headers = bearer("not-a-token")
-    elif case == "expired":
-        fake.expire_token(token)
-    elif case == "revoked":
-        fake.revoke_token(token)
-    elif case == "disabled client":
-        fake.disable_client()
-    elif case == "wrong scope":
-        headers = bearer(fake.mint_token(fake.add_client(scope=NARROW).client_id))
+    headers = headers_for(fake, case)
     got, response_headers, body = await get(http, base + "/accounts", headers)
     assert got == status, body
     if status == 200:

@@ -26,10 +26,10 @@ from moneykit_async.contrib.fastapi import MoneyKitBearer
 from moneykit_async.contrib.starlette import MoneyKitAuth, MoneyKitUser, token_details
 from moneykit_async.testing import FakeMoneyKit, Fault
 
+from ..bearer_matrix import CASES, NARROW, bearer, headers_for
 from ..helpers import clean_env
 
 INTROSPECT = "/auth/introspect"
-NARROW = "institutions:read"
 FRAMEWORKS = ["starlette", "fastapi"]
 
 
@@ -116,10 +116,6 @@ def make_app(framework: str, auth: MoneyKitAuth, seen: Seen) -> Any:
     return starlette_app(auth, seen) if framework == "starlette" else fastapi_app(auth, seen)
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 async def get(
     http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
 ) -> tuple[int, Any, dict[str, Any]]:
@@ -150,17 +146,7 @@ def env(fake: FakeMoneyKit, monkeypatch: pytest.MonkeyPatch) -> FakeMoneyKit:
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 @pytest.mark.parametrize(
     ("case", "status", "challenge"),
-    [
-        ("valid", 200, None),
-        ("no token", 401, 'Bearer realm="api"'),
-        ("basic scheme", 401, 'Bearer realm="api"'),
-        ("malformed", 400, 'Bearer realm="api", error="invalid_request"'),
-        ("garbage", 401, 'Bearer realm="api", error="invalid_token"'),
-        ("expired", 401, 'Bearer realm="api", error="invalid_token", error_description="the access token expired"'),
-        ("revoked", 401, 'Bearer realm="api", error="invalid_token"'),
-        ("disabled client", 401, 'Bearer realm="api", error="invalid_token"'),
-        ("wrong scope", 403, 'Bearer realm="api", error="insufficient_scope"'),
-    ],
+    CASES,
 )
 async def test_each_kind_of_token_gets_its_rfc_6750_answer(
     env: FakeMoneyKit,
@@ -172,24 +158,7 @@ async def test_each_kind_of_token_gets_its_rfc_6750_answer(
 ) -> None:
     fake = env
     seen = Seen()
-    token = fake.mint_token()
-    headers = bearer(token)
-    if case == "no token":
-        headers = {}
-    elif case == "basic scheme":
-        headers = {"Authorization": "Basic dXNlcjpwYXNz"}
-    elif case == "malformed":
-        headers = {"Authorization": f"Bearer {token} extra"}
-    elif case == "garbage":
-        headers = bearer("not-a-token")
-    elif case == "expired":
-        fake.expire_token(token)
-    elif case == "revoked":
-        fake.revoke_token(token)
-    elif case == "disabled client":
-        fake.disable_client()
-    elif case == "wrong scope":
-        headers = bearer(fake.mint_token(fake.add_client(scope=NARROW).client_id))
+    headers = headers_for(fake, case)
     async with serving(make_app(framework, MoneyKitAuth(), seen)) as base:
         got, response_headers, body = await get(http, base + "/accounts", headers)
     assert got == status, body
