@@ -106,6 +106,8 @@ class Pipeline:
         self.loop: asyncio.AbstractEventLoop | None = None  # the loop of the last call
         self.closed = False
         self._closing: asyncio.Future[None] | None = None  # done once close() has started
+        self._epoch = 0  # the schedule (the rate's epoch, or the fleet's generation) of the slots booked
+        self._slots_void: asyncio.Future[None] | None = None  # done when those slots are void
 
     def url(self, path: str) -> URL:
         """The absolute URL of an endpoint's `path` (joined once, then reused)."""
@@ -170,17 +172,23 @@ class Pipeline:
                 generation = rate.cuts  # the rate's generation: answers to older ones do not cut it again
                 horizon = math.inf if at is None else at - loop.time()
                 fleet = None if shared is None else await self._reserve_shared(shared, horizon, deadline)
-                if fleet is not None:
+                if fleet is not None:  # the fleet's schedule, laid again by each of its cuts
                     fleet_generation, wait = fleet
+                    epoch = fleet_generation
                 else:  # this process's own schedule (0 until the first throttle: nothing is paced)
                     fleet_generation = None
                     wait = rate.reserve(loop.time(), horizon)
+                    epoch = rate.epoch
+                if epoch != self._epoch:
+                    self._void_slots(epoch)  # a new schedule: the callers still waiting for a slot book again
                 if wait:
                     if wait >= horizon:  # not booked: the slot would come after the deadline
                         if flow:
                             raise Requeue(wait)  # a batch sends the token when its slot comes, not before
                         raise _paced_out(wait)
-                    await self.sleep(wait)
+                    await self.sleep(wait, slot=True)
+                    if self._epoch != epoch:
+                        continue  # the schedule was laid again while this call waited: its slot is void
                 if slots is not None:
                     if slots.locked():  # every connection is busy: wait for one, bounded by the deadline only
                         await deadline.bound(slots.acquire())
@@ -326,12 +334,20 @@ class Pipeline:
             self._shared_down_until = loop.time() + SHARED_RETRY
             return None
 
-    async def sleep(self, seconds: float) -> None:
-        """Sleep `seconds`, unless close() runs first: then SessionClosedError, at once."""
+    async def sleep(self, seconds: float, slot: bool = False) -> None:
+        """Sleep `seconds`, unless close() runs first: then SessionClosedError, at once. Waiting for a
+        `slot` of the rate's schedule, also wake at once when the schedule is laid again."""
+        loop = self.transport.bind()
         closing = self._closing
         if closing is None:
-            closing = self._closing = self.transport.bind().create_future()
-        await asyncio.wait((closing,), timeout=seconds)
+            closing = self._closing = loop.create_future()
+        if slot:
+            void = self._slots_void
+            if void is None:
+                void = self._slots_void = loop.create_future()
+            await asyncio.wait((closing, void), timeout=seconds)
+        else:
+            await asyncio.wait((closing,), timeout=seconds)
         if self.closed:
             raise SessionClosedError(CLOSED_IN_FLIGHT)
 
@@ -350,7 +366,17 @@ class Pipeline:
             if self._hooks.hook is not None:
                 emit(self._hooks.hook, RateLimitPaused(seconds))
 
+    def _void_slots(self, epoch: int) -> None:
+        """The schedule was laid again (`epoch`): wake every call waiting for a slot, in the order they
+        booked, to book again. Slots booked at the old rate must not go out after a cut."""
+        self._epoch = epoch
+        void, self._slots_void = self._slots_void, None
+        if void is not None:
+            void.set_result(None)
+
     def _rate_changed(self, rate: float) -> None:
+        if self.shared is None:  # a fleet's schedule is laid again by the fleet's cuts, seen in its replies
+            self._void_slots(self.rate.epoch)
         logger.debug("MoneyKit throttled this session: sending at most %.1f requests/s", rate)
         if self._hooks.hook is not None:
             emit(self._hooks.hook, RateChanged(rate, self.rate.throttled))

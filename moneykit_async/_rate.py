@@ -83,6 +83,13 @@ PROBE_SPAN: Final = 0.02
 ESCAPE_C: Final = 1.2
 # Below this the measured rate is noise; cuts never go lower.
 DEFAULT_FLOOR: Final = 1.0
+# Slots are booked at the rate of the moment, so a deep queue booked at a low rate would hold the
+# climb back for its whole length (64 callers at 10/s: 6 s). Once the rate has grown REBOOK_GROWTH
+# since the schedule was laid, and the slots booked reach more than REBOOK_DEPTH seconds ahead, the
+# schedule starts again: every caller still waiting books again. A shorter queue (64 callers at
+# 500/s: 0.13 s) is left alone: its lag damps the climb, which measurably means fewer 429s.
+REBOOK_GROWTH: Final = 1.25
+REBOOK_DEPTH: Final = 0.25
 
 
 @runtime_checkable
@@ -148,6 +155,8 @@ class RateController:
         self.enabled = ceiling is not None  # until the first throttle, sends are not paced at all
         self.throttled = 0  # 429s seen, for progress lines and metrics
         self.cuts = 0
+        self.epoch = 0  # bumped whenever the schedule starts again (a cut, or see REBOOK_GROWTH)
+        self._laid_at_rate = math.inf  # the rate the schedule was laid at
         self._tat = 0.0  # GCRA: when the next send is due
         self._w_max = 0.0  # the rate that was throttled last
         self._cut_rate = ceiling or 0.0  # the rate right after the last cut
@@ -195,7 +204,9 @@ class RateController:
         """Book the next send slot; returns how long to wait before sending (0 when it may go now).
 
         A slot more than `horizon` seconds away (past the caller's deadline) is not booked: the wait is
-        returned, and the caller, which will not send, leaves the schedule as it was.
+        returned, and the caller, which will not send, leaves the schedule as it was. A new `epoch` (a
+        cut, or a deep queue whose rate grew REBOOK_GROWTH) voids every slot booked before it: a caller that sees
+        `epoch` change while it waits books again, at once.
         """
         if not self.enabled:
             self._meter.record(now)
@@ -206,6 +217,8 @@ class RateController:
             return 0.0
         rate = self.rate(now)
         assert rate is not None
+        if rate > self._laid_at_rate * REBOOK_GROWTH and self._tat - now > REBOOK_DEPTH:
+            self._relay(now, rate)
         interval = 1.0 / rate
         tat = self._tat if self._tat > now else now
         wait = tat - now - max(BURST_SECONDS, interval)
@@ -216,6 +229,12 @@ class RateController:
         return wait if wait > 0 else 0.0
 
     # -- what the answers teach ------------------------------------------------------------------------
+
+    def _relay(self, now: float, rate: float) -> None:
+        """Start the schedule again at `rate`: the slots booked so far are void (see `reserve`)."""
+        self.epoch += 1
+        self._laid_at_rate = rate
+        self._tat = now + max(BURST_SECONDS, 1.0 / rate)  # no burst: the old schedule's sends are just out
 
     @property
     def generation(self) -> int:
@@ -282,10 +301,11 @@ class RateController:
         self._k = ((self._w_max - new) / (CUBIC_C * self._w_max)) ** (1.0 / 3.0) if self._w_max > new else 0.0
         self.enabled = True
         self.cuts += 1
-        # The round starts when the sends booked before the cut are out; no burst after a cut (MoneyKit's
-        # own bucket is empty now).
-        self._round_at = max(self._tat - BURST_SECONDS, now)
-        self._tat = max(self._tat, now + max(BURST_SECONDS, 1.0 / new))
+        # A cut voids the slots booked before it (their callers book again, see `reserve`): otherwise
+        # the requests queued at the old rate go out after the cut and meet MoneyKit's empty bucket. The
+        # new schedule starts now, with no burst (MoneyKit's own bucket is empty), and so does the round.
+        self._round_at = now
+        self._relay(now, new)
         # After the very first cut, the answers still on their way (sent unpaced, before it) are the best
         # measure of how far over the limit that was: the next round counts them, so the second cut
         # lands near the limit one round trip later instead of several.

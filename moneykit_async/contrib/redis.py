@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -36,6 +37,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subproce
         name=exc.name,
     ) from exc
 
+from .. import _rate
 from .._models import AccessToken
 from .._store import StoreLock
 
@@ -156,24 +158,29 @@ class RedisTokenStore:
 
 # One round trip per request: apply the outcomes reported since the last call (pairs of generation and
 # 1 = accepted, 2 = refused), then book a send slot. The same decisions as moneykit_async._rate's
-# RateController, made once for the whole fleet on Redis's clock: a GCRA schedule at the learned rate,
-# one cut per round, CUBIC growth capped at twice the fleet's accepted rate.
-_RATE_SCRIPT = """
+# RateController, line for line and with its constants, made once for the whole fleet on Redis's clock:
+# a GCRA schedule at the learned rate, one cut per round judged on the new rate only, a cut to BETA of
+# the rate MoneyKit accepted that lays the schedule again, CUBIC growth to a plateau once the limit is
+# known, slow probing above it, and the cap at twice the fleet's accepted rate. Two things stay with
+# each process: the session-wide pause when throttling persists, and waking its callers on a cut.
+_RATE_TEMPLATE = """
 local key = KEYS[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local ceiling = tonumber(ARGV[1])
 local horizon = tonumber(ARGV[2])  -- a slot further away is not booked (the caller will not send)
-local beta, c, min_keep, min_answers, min_round, burst, cap, floor = 0.95, 0.3, 0.1, 16, 0.1, 0.02, 2.0, 1.0
 local f = redis.call('HMGET', key, 'gen', 'enabled', 'cut_rate', 'w_max', 'k', 'cut_at', 'tat', 'acc', 'ref',
-  's_at', 's_prev', 's_cur', 'a_at', 'a_prev', 'a_cur', 'first')
+  's_at', 's_prev', 's_cur', 'a_at', 'a_prev', 'a_cur', 'first', 'c', 'probe', 'last_ref', 'round_at')
 local gen = tonumber(f[1]) or 0
 local enabled = f[2] == '1'
 local cut_rate, w_max, k = tonumber(f[3]) or 0, tonumber(f[4]) or 0, tonumber(f[5]) or 0
 local cut_at, tat = tonumber(f[6]) or -1e18, tonumber(f[7]) or 0
 local acc, ref = tonumber(f[8]) or 0, tonumber(f[9]) or 0
 local first = f[16] == '1'  -- the round after the first cut also counts the unpaced burst's answers
--- two meters (sends, accepted answers) as a current and a previous window of one second
+local c, probe = tonumber(f[17]) or CUBIC_C, tonumber(f[18]) or -1  -- probe -1: never (not settled)
+local last_ref, round_at = tonumber(f[19]) or 0, tonumber(f[20]) or -1e18
+if enabled and ceiling <= 0 and now - cut_at > QUIET_RESET then enabled = false end
+-- two meters (sends, accepted answers), each as a current and a previous window
 local function meter(at, prev, cur, window)
   at, prev, cur = tonumber(at) or now, tonumber(prev) or 0, tonumber(cur) or 0
   if now - at >= 2 * window then return now, 0, 0 end
@@ -186,61 +193,93 @@ local function measured(at, prev, cur, window)
   return (prev * (1 - part) + cur) / window
 end
 local s_at, s_prev, s_cur = meter(f[10], f[11], f[12], 1.0)
-local a_at, a_prev, a_cur = meter(f[13], f[14], f[15], 0.3)
+local a_at, a_prev, a_cur = meter(f[13], f[14], f[15], ACCEPTED_WINDOW)
 local function rate_at()
   if not enabled then
     if ceiling > 0 then return ceiling end
     return nil
   end
+  if cut_at == -1e18 then return ceiling end
   local x = now - cut_at - k
-  local grown = w_max * (1 + c * x * x * x)
-  if x < 0 and grown < cut_rate then grown = cut_rate end
+  local grown
+  if x < 0 then
+    grown = math.max(w_max * (1 + CUBIC_C * x * x * x), cut_rate)
+  elseif probe >= 0 and x > probe then
+    local y = x - probe
+    grown = w_max * (1 + PROBE_SPAN + ESCAPE_C * y * y * y)
+  else
+    grown = w_max * (1 + c * x * x * x)
+  end
   if ceiling > 0 and grown > ceiling then grown = ceiling end
   if x > -k / 2 then
-    local limit = math.max(cut_rate, cap * measured(a_at, a_prev, a_cur, 0.3))
+    local limit = math.max(cut_rate, GROWTH_CAP * measured(a_at, a_prev, a_cur, ACCEPTED_WINDOW))
     if grown > limit then grown = limit end
   end
-  return math.max(floor, grown)
+  return math.max(DEFAULT_FLOOR, grown)
 end
 local cut = -1
+local function maybe_cut()
+  local answered = acc + ref
+  if now - round_at < MIN_ROUND and (answered < MIN_ANSWERS or ref < MIN_REFUSED) then return end
+  local sent = measured(s_at, s_prev, s_cur, 1.0)
+  local current = rate_at()
+  local reference = sent
+  if current ~= nil and (sent <= 0 or current < sent) then reference = current end
+  if reference <= 0 then return end
+  local share = acc / answered
+  local new = math.max(DEFAULT_FLOOR, reference * math.max(MIN_KEEP, BETA * share))
+  if ceiling > 0 and new > ceiling then new = ceiling end
+  local shallow = share >= BETA
+  if shallow and math.abs(reference - last_ref) <= NEAR * last_ref then
+    w_max = math.max(new, reference * PLATEAU)  -- throttled near the same rate twice: the limit is known
+    c, probe = SETTLED_C, (PROBE_SPAN / SETTLED_C) ^ (1 / 3)
+  else
+    if shallow and now - cut_at < k then w_max = math.max(reference, new, w_max)
+    else w_max = math.max(reference, new) end
+    c, probe = CUBIC_C, -1
+  end
+  last_ref = reference
+  if w_max > new then k = ((w_max - new) / (CUBIC_C * w_max)) ^ (1 / 3) else k = 0 end
+  cut_rate, cut_at, round_at, enabled, gen, acc, ref = new, now, now, true, gen + 1, 0, 0
+  tat = now + math.max(BURST_SECONDS, 1 / new)  -- the schedule is laid again, with no burst
+  first = gen == 1
+  cut = new
+end
 for i = 3, #ARGV, 2 do
   local rgen, kind = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
   if kind == 1 then a_cur = a_cur + 1 end
-  if rgen == gen or first then
-    if kind == 1 then acc = acc + 1 else ref = ref + 1 end
-    if ref > 0 and (acc + ref >= min_answers or now - cut_at >= min_round) then
-      local sent = measured(s_at, s_prev, s_cur, 1.0)
-      local current = rate_at()
-      local reference = sent
-      if current ~= nil and (sent <= 0 or current < sent) then reference = current end
-      local share = acc / (acc + ref)
-      local keep = math.max(min_keep, math.min(beta, share))
-      local new = math.max(floor, reference * keep)
-      if ceiling > 0 and new > ceiling then new = ceiling end
-      w_max = math.max(reference, new)
-      cut_rate, cut_at, enabled, gen, acc, ref = new, now, true, gen + 1, 0, 0
-      first = gen == 1
-      if w_max > new then k = ((w_max - new) / (c * w_max)) ^ (1 / 3) else k = 0 end
-      if tat < now then tat = now end
-      cut = new
-    end
+  if rgen ~= gen and not first then
+    acc, ref = 0, 0  -- sent before the last cut: it competed with this round at MoneyKit
+  elseif kind == 1 then
+    acc = acc + 1
+    if ref > 0 then maybe_cut() end
+  else
+    ref = ref + 1
+    maybe_cut()
   end
 end
 local wait = 0
 local rate = rate_at()
+local booked = true
 if rate ~= nil then
   local interval = 1 / rate
   local start = math.max(tat, now)
-  wait = math.max(0, start - now - math.max(burst, interval))
-  if horizon < 0 or wait <= horizon then tat = start + interval end
+  wait = math.max(0, start - now - math.max(BURST_SECONDS, interval))
+  booked = horizon < 0 or wait <= horizon
+  if booked then tat = start + interval end
 end
-if horizon < 0 or wait <= horizon then s_cur = s_cur + 1 end
+if booked then s_cur = s_cur + 1 end
 redis.call('HSET', key, 'gen', gen, 'enabled', enabled and '1' or '0', 'cut_rate', cut_rate, 'w_max', w_max,
   'k', k, 'cut_at', cut_at, 'tat', tat, 'acc', acc, 'ref', ref, 's_at', s_at, 's_prev', s_prev, 's_cur', s_cur,
-  'a_at', a_at, 'a_prev', a_prev, 'a_cur', a_cur, 'first', first and '1' or '0')
+  'a_at', a_at, 'a_prev', a_prev, 'a_cur', a_cur, 'first', first and '1' or '0', 'c', c, 'probe', probe,
+  'last_ref', last_ref, 'round_at', round_at)
 redis.call('PEXPIRE', key, 3600000)
 return {gen, tostring(wait), tostring(rate or -1), tostring(cut)}
 """
+# The constants are _rate's own, written into the script: one home for each.
+_RATE_SCRIPT = re.sub(
+    r"\b(?!KEYS|ARGV|TIME|HMGET|HSET|PEXPIRE)[A-Z][A-Z_]+\b", lambda m: repr(getattr(_rate, m[0])), _RATE_TEMPLATE
+)
 
 
 class RedisRateLimiter:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -19,6 +20,8 @@ from moneykit_async import (
     Timeout,
 )
 from moneykit_async.testing import FakeMoneyKit
+
+from ..helpers import Answer, ScriptedTransport, json_answer
 
 INTROSPECT = "/auth/introspect"
 
@@ -98,3 +101,42 @@ async def test_a_single_call_rides_out_429s_within_its_deadline(fake: FakeMoneyK
         details = await asyncio.gather(*(mk.introspect(token) for _ in range(10)))
     assert len(details) == 10  # throttled calls waited their Retry-After and went again, none failed
     assert fake.throttled > 0
+
+
+class _ClockedTransport(ScriptedTransport):
+    """Answers 200 at once, except for one 429 first; records when each request went out."""
+
+    capacity = 64
+
+    def __init__(self) -> None:
+        details = json_answer(200, {"client_id": "c1", "scope": "a", "app": {"id": "A", "app_name": "App"}})
+        throttle = json_answer(429, {"error_code": "api_error.rate_limit_exceeded", "error_message": "slow down"})
+        super().__init__(throttle, *[details] * 200)
+        self.times: list[float] = []
+
+    async def send(self, *args: Any) -> Answer:
+        self.times.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(0.001)  # a round trip: every caller books its slot before the 429 arrives
+        return await super().send(*args)
+
+
+async def test_a_cut_voids_the_slots_booked_at_the_old_rate() -> None:
+    # 64 callers at a ceiling of 1,000/s book slots up to 64 ms ahead. The first answer is a 429: the rate
+    # is cut to a tenth, and the callers still waiting must book again at the new rate, not go out at the
+    # old one into MoneyKit's emptied bucket.
+    transport = _ClockedTransport()
+    cuts: list[tuple[float, float]] = []
+
+    def on_event(event: Event) -> None:
+        if isinstance(event, RateChanged):
+            cuts.append((asyncio.get_running_loop().time(), event.rate))
+
+    async with MoneyKitSession(transport=transport, rate_limit=1000, on_event=on_event) as mk:
+        await asyncio.gather(*(mk.introspect(f"tok-{i}") for i in range(64)))
+    (cut_at, rate), *_ = cuts
+    assert rate <= 100
+    window = 0.05
+    after = [t for t in transport.times if cut_at <= t < cut_at + window]
+    # At most the cut rate over the window (the curve climbs back from the cut at most ~3x within it),
+    # plus the one or two a 20 ms burst allows after a stall; the old schedule would send about 50.
+    assert len(after) <= 3 * rate * window + 3

@@ -12,6 +12,8 @@ from moneykit_async._rate import (
     MIN_ROUND,
     PERSISTENT_STREAK,
     PLATEAU,
+    REBOOK_DEPTH,
+    REBOOK_GROWTH,
     RateController,
 )
 
@@ -264,6 +266,56 @@ def test_no_burst_right_after_a_cut() -> None:
     assert rate is not None
     waits = send(rc, now, 5)
     assert waits == pytest.approx([0.0, 1 / rate, 2 / rate, 3 / rate, 4 / rate], rel=0.01)
+
+
+def test_a_cut_voids_the_slots_booked_before_it() -> None:
+    rc = RateController(ceiling=1000.0)
+    send(rc, 0.0, 64)  # 64 callers waiting up to 64 ms for their slots at 1,000/s
+    epoch = rc.epoch
+    cut = answer(rc, 0.001, accepted=0, refused=1)
+    assert cut is not None and cut <= 100
+    assert rc.epoch != epoch  # the callers still waiting must book again
+    # ... in a schedule laid at the new rate from now, not queued behind the void slots (64 ms away).
+    waits = send(rc, 0.001, 3)
+    assert waits == pytest.approx([0.0, 1 / cut, 2 / cut], rel=0.01)
+
+
+def throttled_with_a_queue(depth: float) -> tuple[RateController, float, float]:
+    """64 callers cut from 1,000/s to 100/s, then `depth` seconds of slots booked; (it, the cut, the time)."""
+    rc = RateController(ceiling=1000.0)
+    send(rc, 0.0, 64)
+    cut = answer(rc, 0.001, accepted=0, refused=1)
+    assert cut == pytest.approx(100.0)
+    send(rc, 0.001, int(depth * cut))
+    return rc, cut, 0.001
+
+
+def climb(rc: RateController, now: float, to: float) -> float:
+    """Move the clock on, with nobody booking, until the curve is past `to`; the time."""
+    for _ in range(1000):
+        rate = rc.rate(now)
+        assert rate is not None
+        if rate > to:
+            return now
+        now += 0.001
+    raise AssertionError("the rate did not climb")
+
+
+def test_a_deep_queue_booked_at_a_low_rate_is_laid_again_as_the_rate_climbs() -> None:
+    rc, cut, now = throttled_with_a_queue(0.63)  # the 63 callers booked again, 0.63 s deep
+    epoch = rc.epoch
+    now = climb(rc, now, cut * REBOOK_GROWTH)
+    assert rc.epoch == epoch  # nothing is laid again until someone books
+    assert send(rc, now, 2) == pytest.approx([0.0, 1 / rc.rate(now)], rel=0.01)  # not 0.63 s from now
+    assert rc.epoch == epoch + 1  # the callers still waiting book again
+
+
+def test_a_short_queue_is_not_laid_again() -> None:
+    rc, cut, now = throttled_with_a_queue(REBOOK_DEPTH * 0.8)  # its lag damps the climb: left alone
+    epoch = rc.epoch
+    now = climb(rc, now, cut * REBOOK_GROWTH)
+    assert send(rc, now, 1)[0] > 0
+    assert rc.epoch == epoch
 
 
 def test_one_refusal_in_a_young_round_is_not_yet_a_verdict() -> None:
