@@ -345,7 +345,7 @@ class Pipeline:
             void = self._slots_void
             if void is None:
                 void = self._slots_void = loop.create_future()
-            await asyncio.wait((closing, void), timeout=seconds)
+            await asyncio.wait((closing, void), timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         else:
             await asyncio.wait((closing,), timeout=seconds)
         if self.closed:

@@ -14,6 +14,7 @@ import pytest
 from moneykit_async import (
     ConfigurationError,
     Event,
+    MemoryTokenStore,
     MoneyKitSession,
     RateChanged,
     RetryPolicy,
@@ -140,3 +141,46 @@ async def test_a_cut_voids_the_slots_booked_at_the_old_rate() -> None:
     # At most the cut rate over the window (the curve climbs back from the cut at most ~3x within it),
     # plus the one or two a 20 ms burst allows after a stall; the old schedule would send about 50.
     assert len(after) <= 3 * rate * window + 3
+
+
+class _ScriptedFleet:
+    """A `SharedRate` whose schedule is scripted: every slot is `wait` seconds away in generation `gen`."""
+
+    rate: float | None = 100.0
+
+    def __init__(self) -> None:
+        self.gen, self.wait = 0, 5.0
+        self.bookings: list[int] = []
+        self.ten_booked = asyncio.Event()
+
+    async def reserve(self, namespace: str, ceiling: float | None, horizon: float) -> tuple[int, float]:
+        self.bookings.append(self.gen)
+        if len(self.bookings) == 10:
+            self.ten_booked.set()
+        return self.gen, self.wait
+
+    def report(self, generation: int, accepted: bool) -> None:
+        pass
+
+
+class _FleetStore(MemoryTokenStore):
+    def __init__(self, fleet: _ScriptedFleet) -> None:
+        super().__init__()
+        self.rate_limiter = fleet
+
+
+async def test_a_fleet_cut_voids_the_slots_this_process_booked() -> None:
+    # Ten calls booked slots 5 s away in the fleet's schedule. Another process's 429 cuts the fleet's rate
+    # (a new generation, seen in the next reply): the ten must book again at once, not sleep out 5 s.
+    fleet = _ScriptedFleet()
+    details = json_answer(200, {"client_id": "c1", "scope": "a", "app": {"id": "A", "app_name": "App"}})
+    transport = ScriptedTransport(*[details] * 11)
+    async with MoneyKitSession(transport=transport, token_store=_FleetStore(fleet)) as mk:
+        waiting = [asyncio.ensure_future(mk.introspect(f"tok-{i}")) for i in range(10)]
+        await asyncio.wait_for(fleet.ten_booked.wait(), timeout=4.0)
+        fleet.gen, fleet.wait = 1, 0.0
+        started = time.monotonic()
+        await mk.introspect("tok-new")  # its reply carries the new generation
+        await asyncio.wait_for(asyncio.gather(*waiting), timeout=4.0)
+    assert time.monotonic() - started < 4.0
+    assert fleet.bookings == [0] * 10 + [1] * 11  # each booked once more, in the new schedule
