@@ -9,12 +9,13 @@ grows back along a cubic curve), changed where its users found it lacking:
 - It stays out of the way until the first throttle (or a configured ceiling): until then `reserve`
   is one attribute test.
 - A throttle cuts the rate once per round, not once per 429. A round judges the new rate only: it
-  starts when the sends booked before the cut have gone, answers to older requests still arriving
-  start its tally again (they competed with it at MoneyKit), and a young round needs two refusals, not
-  one: right after a cut MoneyKit's bucket is empty, and one 429 is timer jitter, not a verdict. The
-  cut goes to `BETA` of the rate MoneyKit accepted (the measured send rate times the share accepted),
-  so one cut lands just under the limit even from a burst many times over it, and MoneyKit's bucket
-  refills; no burst is allowed right after a cut.
+  starts at the cut, which voids every slot booked before it (the callers waiting for them book again
+  at the new rate, so nothing queued at the old rate goes out into MoneyKit's emptied bucket); answers
+  to older requests still arriving start its tally again (they competed with it at MoneyKit), and a
+  young round needs a fifth of its answers refused: right after a cut MoneyKit's bucket is empty, and
+  a few 429s are timer jitter, not a verdict. The cut goes to `BETA` of the rate MoneyKit accepted (the
+  measured send rate times the share accepted), so one cut lands just under the limit even from a
+  burst many times over it, and MoneyKit's bucket refills; no burst is allowed right after a cut.
 - Between throttles the rate grows along CUBIC's curve, which remembers the rate that was throttled
   (W_max). Until the limit is known it climbs back fast (`CUBIC_C`), and a shallow cut on the way back
   keeps the W_max it climbs to. Once two cuts in a row land near the same rate (the limit is known),
@@ -22,7 +23,8 @@ grows back along a cubic curve), changed where its users found it lacking:
   (`SETTLED_C`): more time is spent just under the limit and it is probed less often, which is what
   keeps 429s (and, with a Retry-After, the waits of the throttled requests at the end of a batch)
   rare. `PROBE_SPAN` over the plateau without a 429, the limit went up, and the curve climbs fast
-  (`ESCAPE_C`), so a raised limit is found again in seconds. Never above twice the rate MoneyKit
+  (`ESCAPE_C`), so a raised limit is found again in seconds. Each probe that finds the limit unchanged
+  doubles the time until the next (`MAX_HOLDS`). Never above twice the rate MoneyKit
   accepted lately, so a climb towards a rate that was far over the limit stops short of a second
   overshoot.
 - A slot past the caller's deadline is never booked (the schedule cannot run away from callers that
@@ -61,9 +63,13 @@ ACCEPTED_WINDOW: Final = 0.3
 # without ever sending more than a few requests above the rate.
 BURST_SECONDS: Final = 0.02
 # At most one cut per round: after a cut, the next waits for this many answers to requests sent at
-# the new rate, MIN_REFUSED of them 429s, or MIN_ROUND seconds, so it is decided on what the new rate did.
+# the new rate, MIN_REFUSED and YOUNG_REFUSED of them 429s, or MIN_ROUND seconds, so it is decided on
+# what the new rate did. Right after a cut MoneyKit's bucket is empty, and a few 429s are timer jitter
+# (more of it in a fleet, whose processes book from one schedule across a Redis round trip): a young
+# round cuts only when a fifth of its answers are 429s, which a rate still a quarter over the limit gives.
 MIN_ANSWERS: Final = 16
 MIN_REFUSED: Final = 2
+YOUNG_REFUSED: Final = 0.2
 MIN_ROUND: Final = 0.1
 # However many were refused in a round, one cut keeps at least this share (the next round cuts again).
 MIN_KEEP: Final = 0.1
@@ -74,13 +80,16 @@ PERSISTENT_STREAK: Final = 3
 # rate the last cut throttled. The curve then climbs back (at CUBIC_C, ~0.5 s) to PLATEAU of the
 # throttled rate, and from there grows with SETTLED_C: back at the throttled rate ~1.3 s later (a probe
 # every ~1.8 s instead of every ~1 s). PROBE_SPAN over the plateau without a 429, the limit went up:
-# the curve grows with ESCAPE_C from there, doubling within ~1 s (a limit that went up is found again
-# within ~3 s of the last cut).
+# the curve grows with ESCAPE_C from there, doubling within ~1 s. Each probe that finds the limit where
+# it was (the same test again) doubles the time until the next, up to MAX_HOLDS doublings (a probe every
+# ~6 s): every probe costs a few 429s, and each of their requests waits out its Retry-After, which at the
+# end of a batch is time nobody else can use. A limit that went up is found again within ~7 s.
 NEAR: Final = 0.05
 PLATEAU: Final = 0.98
 SETTLED_C: Final = 0.01
 PROBE_SPAN: Final = 0.02
 ESCAPE_C: Final = 1.2
+MAX_HOLDS: Final = 2
 # Below this the measured rate is noise; cuts never go lower.
 DEFAULT_FLOOR: Final = 1.0
 # Slots are booked at the rate of the moment, so a deep queue booked at a low rate would hold the
@@ -164,6 +173,7 @@ class RateController:
         self._k = 0.0  # seconds after the cut at which the curve is back at _w_max
         self._c = CUBIC_C  # the curve's constant past _k: SETTLED_C once the limit is known
         self._probe = math.inf  # seconds past _k at which a settled curve speeds up to CUBIC_C again
+        self._holds = 0  # cuts in a row that found the limit where it was (see MAX_HOLDS)
         self._reference = 0.0  # the rate the last cut throttled
         self._round_at = -math.inf  # when the round after the last cut started (its sends went out)
         self._meter = _Meter(1.0)  # sends
@@ -264,9 +274,11 @@ class RateController:
 
     def _maybe_cut(self, now: float) -> float | None:
         """Cut at once, unless the last cut was so recent that its round has not said enough yet:
-        MIN_ANSWERS answers to requests sent at the new rate with MIN_REFUSED 429s, or MIN_ROUND seconds."""
+        MIN_ANSWERS answers to requests sent at the new rate with enough 429s, or MIN_ROUND seconds."""
         answered = self._accepted + self._refused
-        if now - self._round_at < MIN_ROUND and (answered < MIN_ANSWERS or self._refused < MIN_REFUSED):
+        if now - self._round_at < MIN_ROUND and (
+            answered < MIN_ANSWERS or self._refused < max(MIN_REFUSED, YOUNG_REFUSED * answered)
+        ):
             return None
         measured = self._meter.rate(now)
         current = self.rate(now)
@@ -285,8 +297,9 @@ class RateController:
         if shallow and abs(reference - last) <= NEAR * last:
             # Throttled near the same rate twice: the limit is known. Plateau just under it, probe slowly.
             self._w_max = max(new, reference * PLATEAU)
-            self._c = SETTLED_C
-            self._probe = (PROBE_SPAN / SETTLED_C) ** (1.0 / 3.0)
+            self._holds = min(self._holds + 1, MAX_HOLDS + 1)
+            self._c = SETTLED_C / 8 ** (self._holds - 1)  # an eighth of the constant: twice the time
+            self._probe = (PROBE_SPAN / self._c) ** (1.0 / 3.0)
         else:
             if shallow and now - self._cut_at < self._k:
                 # Nearly all accepted while still climbing back: MoneyKit's bucket was merely empty, and
@@ -296,6 +309,7 @@ class RateController:
                 self._w_max = max(reference, new)  # the curve climbs back towards the rate that was throttled
             self._c = CUBIC_C
             self._probe = math.inf
+            self._holds = 0
         self._cut_rate = new
         self._cut_at = now
         self._k = ((self._w_max - new) / (CUBIC_C * self._w_max)) ** (1.0 / 3.0) if self._w_max > new else 0.0

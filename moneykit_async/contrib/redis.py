@@ -170,7 +170,7 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local ceiling = tonumber(ARGV[1])
 local horizon = tonumber(ARGV[2])  -- a slot further away is not booked (the caller will not send)
 local f = redis.call('HMGET', key, 'gen', 'enabled', 'cut_rate', 'w_max', 'k', 'cut_at', 'tat', 'acc', 'ref',
-  's_at', 's_prev', 's_cur', 'a_at', 'a_prev', 'a_cur', 'first', 'c', 'probe', 'last_ref', 'round_at')
+  's_at', 's_prev', 's_cur', 'a_at', 'a_prev', 'a_cur', 'first', 'c', 'probe', 'last_ref', 'round_at', 'holds')
 local gen = tonumber(f[1]) or 0
 local enabled = f[2] == '1'
 local cut_rate, w_max, k = tonumber(f[3]) or 0, tonumber(f[4]) or 0, tonumber(f[5]) or 0
@@ -178,7 +178,7 @@ local cut_at, tat = tonumber(f[6]) or -1e18, tonumber(f[7]) or 0
 local acc, ref = tonumber(f[8]) or 0, tonumber(f[9]) or 0
 local first = f[16] == '1'  -- the round after the first cut also counts the unpaced burst's answers
 local c, probe = tonumber(f[17]) or CUBIC_C, tonumber(f[18]) or -1  -- probe -1: never (not settled)
-local last_ref, round_at = tonumber(f[19]) or 0, tonumber(f[20]) or -1e18
+local last_ref, round_at, holds = tonumber(f[19]) or 0, tonumber(f[20]) or -1e18, tonumber(f[21]) or 0
 if enabled and ceiling <= 0 and now - cut_at > QUIET_RESET then enabled = false end
 -- two meters (sends, accepted answers), each as a current and a previous window
 local function meter(at, prev, cur, window)
@@ -220,7 +220,8 @@ end
 local cut = -1
 local function maybe_cut()
   local answered = acc + ref
-  if now - round_at < MIN_ROUND and (answered < MIN_ANSWERS or ref < MIN_REFUSED) then return end
+  if now - round_at < MIN_ROUND and (answered < MIN_ANSWERS or ref < math.max(MIN_REFUSED, YOUNG_REFUSED * answered))
+  then return end
   local sent = measured(s_at, s_prev, s_cur, 1.0)
   local current = rate_at()
   local reference = sent
@@ -232,11 +233,13 @@ local function maybe_cut()
   local shallow = share >= BETA
   if shallow and math.abs(reference - last_ref) <= NEAR * last_ref then
     w_max = math.max(new, reference * PLATEAU)  -- throttled near the same rate twice: the limit is known
-    c, probe = SETTLED_C, (PROBE_SPAN / SETTLED_C) ^ (1 / 3)
+    holds = math.min(holds + 1, MAX_HOLDS + 1)
+    c = SETTLED_C / 8 ^ (holds - 1)
+    probe = (PROBE_SPAN / c) ^ (1 / 3)
   else
     if shallow and now - cut_at < k then w_max = math.max(reference, new, w_max)
     else w_max = math.max(reference, new) end
-    c, probe = CUBIC_C, -1
+    c, probe, holds = CUBIC_C, -1, 0
   end
   last_ref = reference
   if w_max > new then k = ((w_max - new) / (CUBIC_C * w_max)) ^ (1 / 3) else k = 0 end
@@ -272,7 +275,7 @@ if booked then s_cur = s_cur + 1 end
 redis.call('HSET', key, 'gen', gen, 'enabled', enabled and '1' or '0', 'cut_rate', cut_rate, 'w_max', w_max,
   'k', k, 'cut_at', cut_at, 'tat', tat, 'acc', acc, 'ref', ref, 's_at', s_at, 's_prev', s_prev, 's_cur', s_cur,
   'a_at', a_at, 'a_prev', a_prev, 'a_cur', a_cur, 'first', first and '1' or '0', 'c', c, 'probe', probe,
-  'last_ref', last_ref, 'round_at', round_at)
+  'last_ref', last_ref, 'round_at', round_at, 'holds', holds)
 redis.call('PEXPIRE', key, 3600000)
 return {gen, tostring(wait), tostring(rate or -1), tostring(cut)}
 """

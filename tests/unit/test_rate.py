@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from moneykit_async._rate import (
     BETA,
+    MAX_HOLDS,
     MIN_ANSWERS,
     MIN_KEEP,
     MIN_REFUSED,
@@ -14,6 +17,7 @@ from moneykit_async._rate import (
     PLATEAU,
     REBOOK_DEPTH,
     REBOOK_GROWTH,
+    YOUNG_REFUSED,
     RateController,
 )
 
@@ -318,14 +322,15 @@ def test_a_short_queue_is_not_laid_again() -> None:
     assert rc.epoch == epoch
 
 
-def test_one_refusal_in_a_young_round_is_not_yet_a_verdict() -> None:
+def test_a_few_429s_in_a_young_round_are_not_yet_a_verdict() -> None:
     rc, now = cut_at_2000()
     now = run_accepting(rc, now, 1.0, step=0.0001)
     assert answer(rc, now, 0, 1) is not None  # a round long under way: the first 429 cuts
     now += 0.01
-    # The new round: MIN_ANSWERS answers, only one of them a 429, is the jitter of MoneyKit's emptied bucket.
-    assert answer(rc, now, MIN_ANSWERS, 1) is None
-    assert answer(rc, now, 0, MIN_REFUSED - 1) is not None  # a second 429 is a verdict
+    # The new round: MIN_ANSWERS answers, three of them 429s, is the jitter of MoneyKit's emptied bucket.
+    assert MIN_REFUSED <= 3 < YOUNG_REFUSED * MIN_ANSWERS
+    assert answer(rc, now, MIN_ANSWERS - 3, 3) is None
+    assert answer(rc, now, 0, 1) is not None  # a fifth of the answers refused: the new rate is too high
 
 
 def test_answers_to_requests_sent_before_a_cut_start_the_round_again() -> None:
@@ -334,10 +339,11 @@ def test_answers_to_requests_sent_before_a_cut_start_the_round_again() -> None:
     old = rc.generation
     assert answer(rc, now, 0, 1) is not None
     now += 0.01
-    assert answer(rc, now, MIN_ANSWERS, 1) is None
+    assert MIN_ANSWERS == 16
+    assert answer(rc, now, 8, 4) is None  # too few answers yet
     rc.accepted(old, now)  # still competing with the new round at MoneyKit: its tally starts again
-    assert answer(rc, now, MIN_ANSWERS - 2, 1) is None  # two 429s would end the old tally, not this one
-    assert answer(rc, now, 0, 1) is not None  # MIN_ANSWERS answers since, two of them 429s
+    assert answer(rc, now, 8, 4) is None  # the old tally would cut here, not this one (12 answers)
+    assert answer(rc, now, 3, 1) is not None  # MIN_ANSWERS answers since, five of them 429s
 
 
 def test_a_known_limit_is_held_just_under_and_probed_slowly() -> None:
@@ -356,6 +362,21 @@ def test_a_known_limit_is_held_just_under_and_probed_slowly() -> None:
     assert samples[-1] <= throttled  # and no probe above the rate that was throttled for 1.5 s
     now = run_accepting(rc, now, 1.5, step=0.0001)
     assert (rc.rate(now) or 0.0) > 2 * throttled  # a limit that went up is found again within 3 s
+
+
+def test_each_probe_that_finds_the_limit_unchanged_doubles_the_time_to_the_next() -> None:
+    rc, now = cut_at_2000()
+    probes = []
+    while now < 30.0:  # MoneyKit accepting up to 2,000/s; a 429 the moment the rate is past it
+        now = run_accepting(rc, now, 0.01, step=0.0001)
+        if (rc.rate(now) or 0.0) > 2000 and answer(rc, now, 0, 1) is not None:
+            probes.append(now)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(probes)]
+    # ~2 s, then doubling (less the fixed climb back to the plateau) up to MAX_HOLDS, then steady.
+    assert len(gaps) == MAX_HOLDS + 4
+    assert all(gaps[i + 1] > 1.5 * gaps[i] for i in range(MAX_HOLDS))
+    assert gaps[MAX_HOLDS:] == pytest.approx([gaps[MAX_HOLDS]] * 4, rel=0.02)
+    assert gaps[-1] < 7.0  # a raised limit is still found within seconds
 
 
 def test_a_throttle_on_the_way_back_in_an_emptied_bucket_keeps_the_climb() -> None:
