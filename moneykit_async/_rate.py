@@ -82,14 +82,14 @@ PERSISTENT_STREAK: Final = 3
 # every ~1.8 s instead of every ~1 s). PROBE_SPAN over the plateau without a 429, the limit went up:
 # the curve grows with ESCAPE_C from there, doubling within ~1 s. Each probe that finds the limit where
 # it was (the same test again) doubles the time until the next, up to MAX_HOLDS doublings (a probe every
-# ~6 s): every probe costs a few 429s, and each of their requests waits out its Retry-After, which at the
-# end of a batch is time nobody else can use. A limit that went up is found again within ~7 s.
+# ~12 s): every probe costs a few 429s, and each of their requests waits out its Retry-After, which at
+# the end of a batch is time nobody else can use. A limit that went up is found again within ~13 s.
 NEAR: Final = 0.05
 PLATEAU: Final = 0.98
 SETTLED_C: Final = 0.01
 PROBE_SPAN: Final = 0.02
 ESCAPE_C: Final = 1.2
-MAX_HOLDS: Final = 2
+MAX_HOLDS: Final = 3
 # Below this the measured rate is noise; cuts never go lower.
 DEFAULT_FLOOR: Final = 1.0
 # Slots are booked at the rate of the moment, so a deep queue booked at a low rate would hold the

@@ -367,16 +367,17 @@ def test_a_known_limit_is_held_just_under_and_probed_slowly() -> None:
 def test_each_probe_that_finds_the_limit_unchanged_doubles_the_time_to_the_next() -> None:
     rc, now = cut_at_2000()
     probes = []
-    while now < 30.0:  # MoneyKit accepting up to 2,000/s; a 429 the moment the rate is past it
+    while now < 70.0:  # MoneyKit accepting up to 2,000/s; a 429 the moment the rate is past it
         now = run_accepting(rc, now, 0.01, step=0.0001)
         if (rc.rate(now) or 0.0) > 2000 and answer(rc, now, 0, 1) is not None:
             probes.append(now)
     gaps = [later - earlier for earlier, later in itertools.pairwise(probes)]
     # ~2 s, then doubling (less the fixed climb back to the plateau) up to MAX_HOLDS, then steady.
-    assert len(gaps) == MAX_HOLDS + 4
+    steady = gaps[MAX_HOLDS:]
+    assert len(steady) >= 3
     assert all(gaps[i + 1] > 1.5 * gaps[i] for i in range(MAX_HOLDS))
-    assert gaps[MAX_HOLDS:] == pytest.approx([gaps[MAX_HOLDS]] * 4, rel=0.02)
-    assert gaps[-1] < 7.0  # a raised limit is still found within seconds
+    assert steady == pytest.approx([steady[0]] * len(steady), rel=0.02)
+    assert gaps[-1] < 13.0  # a raised limit is still found within seconds
 
 
 def test_a_throttle_on_the_way_back_in_an_emptied_bucket_keeps_the_climb() -> None:
