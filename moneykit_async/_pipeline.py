@@ -106,8 +106,11 @@ class Pipeline:
         self.loop: asyncio.AbstractEventLoop | None = None  # the loop of the last call
         self.closed = False
         self._closing: asyncio.Future[None] | None = None  # done once close() has started
-        self._epoch = 0  # the schedule (the rate's epoch, or the fleet's generation) of the slots booked
-        self._slots_void: asyncio.Future[None] | None = None  # done when those slots are void
+        # The schedules that the slots callers wait for were booked in: this process's (the rate's epoch)
+        # and the fleet's (its generation). A new one voids those slots (see `_void_slots`).
+        self._local_epoch = 0
+        self._fleet_epoch = 0
+        self._slots_void: asyncio.Future[None] | None = None  # done when the slots booked so far are void
 
     def url(self, path: str) -> URL:
         """The absolute URL of an endpoint's `path` (joined once, then reused)."""
@@ -174,20 +177,21 @@ class Pipeline:
                 fleet = None if shared is None else await self._reserve_shared(shared, horizon, deadline)
                 if fleet is not None:  # the fleet's schedule, laid again by each of its cuts
                     fleet_generation, wait = fleet
-                    epoch = fleet_generation
+                    if fleet_generation > self._fleet_epoch:  # newer only: replies may arrive out of order
+                        self._fleet_epoch = fleet_generation
+                        self._void_slots()
                 else:  # this process's own schedule (0 until the first throttle: nothing is paced)
                     fleet_generation = None
                     wait = rate.reserve(loop.time(), horizon)
-                    epoch = rate.epoch
-                if epoch != self._epoch:
-                    self._void_slots(epoch)  # a new schedule: the callers still waiting for a slot book again
+                    if rate.epoch != self._local_epoch:  # this booking laid the schedule again
+                        self._local_epoch = rate.epoch
+                        self._void_slots()
                 if wait:
                     if wait >= horizon:  # not booked: the slot would come after the deadline
                         if flow:
                             raise Requeue(wait)  # a batch sends the token when its slot comes, not before
                         raise _paced_out(wait)
-                    await self.sleep(wait, slot=True)
-                    if self._epoch != epoch:
+                    if await self.sleep(wait, slot=True):
                         continue  # the schedule was laid again while this call waited: its slot is void
                 if slots is not None:
                     if slots.locked():  # every connection is busy: wait for one, bounded by the deadline only
@@ -334,13 +338,14 @@ class Pipeline:
             self._shared_down_until = loop.time() + SHARED_RETRY
             return None
 
-    async def sleep(self, seconds: float, slot: bool = False) -> None:
+    async def sleep(self, seconds: float, slot: bool = False) -> bool:
         """Sleep `seconds`, unless close() runs first: then SessionClosedError, at once. Waiting for a
-        `slot` of the rate's schedule, also wake at once when the schedule is laid again."""
+        `slot` of a send schedule, also wake at once when that slot is void; returns whether it was."""
         loop = self.transport.bind()
         closing = self._closing
         if closing is None:
             closing = self._closing = loop.create_future()
+        void = None
         if slot:
             void = self._slots_void
             if void is None:
@@ -350,6 +355,7 @@ class Pipeline:
             await asyncio.wait((closing,), timeout=seconds)
         if self.closed:
             raise SessionClosedError(CLOSED_IN_FLIGHT)
+        return void is not None and void.done()
 
     async def until_unpaused(self) -> None:
         """Wait out a session-wide pause, however long (a batch: its tokens' deadlines start after it)."""
@@ -366,17 +372,19 @@ class Pipeline:
             if self._hooks.hook is not None:
                 emit(self._hooks.hook, RateLimitPaused(seconds))
 
-    def _void_slots(self, epoch: int) -> None:
-        """The schedule was laid again (`epoch`): wake every call waiting for a slot, in the order they
-        booked, to book again. Slots booked at the old rate must not go out after a cut."""
-        self._epoch = epoch
+    def _void_slots(self) -> None:
+        """A schedule was laid again: wake every call waiting for a slot, in the order they booked, to
+        book again. Slots booked at the old rate must not go out after a cut."""
         void, self._slots_void = self._slots_void, None
         if void is not None:
             void.set_result(None)
 
     def _rate_changed(self, rate: float) -> None:
-        if self.shared is None:  # a fleet's schedule is laid again by the fleet's cuts, seen in its replies
-            self._void_slots(self.rate.epoch)
+        # This process's cut voids the slots of its own schedule, when that is the one in use; a fleet's
+        # schedule is laid again by the fleet's cuts, seen in the limiter's replies.
+        if self.shared is None or self.transport.bind().time() < self._shared_down_until:
+            self._local_epoch = self.rate.epoch
+            self._void_slots()
         logger.debug("MoneyKit throttled this session: sending at most %.1f requests/s", rate)
         if self._hooks.hook is not None:
             emit(self._hooks.hook, RateChanged(rate, self.rate.throttled))

@@ -223,6 +223,7 @@ class RateController:
             return 0.0
         if now - self._cut_at > QUIET_RESET and self.ceiling is None:
             self.enabled = False  # no 429 for a long while: step out of the way again
+            self.epoch += 1  # and so may the callers still waiting for slots of the old schedule
             self._meter.record(now)
             return 0.0
         rate = self.rate(now)

@@ -169,6 +169,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local ceiling = tonumber(ARGV[1])
 local horizon = tonumber(ARGV[2])  -- a slot further away is not booked (the caller will not send)
+local floor = DEFAULT_FLOOR
+if ceiling > 0 and ceiling < floor then floor = ceiling end  -- as RateController: never over a ceiling
 local f = redis.call('HMGET', key, 'gen', 'enabled', 'cut_rate', 'w_max', 'k', 'cut_at', 'tat', 'acc', 'ref',
   's_at', 's_prev', 's_cur', 'a_at', 'a_prev', 'a_cur', 'first', 'c', 'probe', 'last_ref', 'round_at', 'holds')
 local gen = tonumber(f[1]) or 0
@@ -179,7 +181,9 @@ local acc, ref = tonumber(f[8]) or 0, tonumber(f[9]) or 0
 local first = f[16] == '1'  -- the round after the first cut also counts the unpaced burst's answers
 local c, probe = tonumber(f[17]) or CUBIC_C, tonumber(f[18]) or -1  -- probe -1: never (not settled)
 local last_ref, round_at, holds = tonumber(f[19]) or 0, tonumber(f[20]) or -1e18, tonumber(f[21]) or 0
-if enabled and ceiling <= 0 and now - cut_at > QUIET_RESET then enabled = false end
+if enabled and ceiling <= 0 and now - cut_at > QUIET_RESET then
+  enabled, gen = false, gen + 1  -- not paced any more: the slots still booked are void
+end
 -- two meters (sends, accepted answers), each as a current and a previous window
 local function meter(at, prev, cur, window)
   at, prev, cur = tonumber(at) or now, tonumber(prev) or 0, tonumber(cur) or 0
@@ -215,7 +219,7 @@ local function rate_at()
     local limit = math.max(cut_rate, GROWTH_CAP * measured(a_at, a_prev, a_cur, ACCEPTED_WINDOW))
     if grown > limit then grown = limit end
   end
-  return math.max(DEFAULT_FLOOR, grown)
+  return math.max(floor, grown)
 end
 local cut = -1
 local function maybe_cut()
@@ -228,7 +232,7 @@ local function maybe_cut()
   if current ~= nil and (sent <= 0 or current < sent) then reference = current end
   if reference <= 0 then return end
   local share = acc / answered
-  local new = math.max(DEFAULT_FLOOR, reference * math.max(MIN_KEEP, BETA * share))
+  local new = math.max(floor, reference * math.max(MIN_KEEP, BETA * share))
   if ceiling > 0 and new > ceiling then new = ceiling end
   local shallow = share >= BETA
   if shallow and math.abs(reference - last_ref) <= NEAR * last_ref then
@@ -268,7 +272,7 @@ if rate ~= nil then
   local interval = 1 / rate
   local start = math.max(tat, now)
   wait = math.max(0, start - now - math.max(BURST_SECONDS, interval))
-  booked = horizon < 0 or wait <= horizon
+  booked = wait <= horizon
   if booked then tat = start + interval end
 end
 if booked then s_cur = s_cur + 1 end
@@ -313,7 +317,7 @@ class RedisRateLimiter:
         """Book a send slot in the fleet's schedule: (generation, seconds to wait); a slot more than
         `horizon` seconds away is not booked. Raises on Redis errors."""
         pending, self._pending = self._pending, []
-        limit = -1 if horizon == float("inf") else horizon
+        limit = min(horizon, 1e18)  # Lua has no infinity literal; a negative horizon books nothing
         try:
             gen, wait, rate, _ = await self._script(
                 keys=[f"{self._prefix}:{namespace}"], args=[ceiling or 0, limit, *pending]

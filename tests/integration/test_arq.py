@@ -193,9 +193,17 @@ async def test_a_killed_worker_does_not_stall_the_check(fake: FakeMoneyKit, redi
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
+        await fake.wait_for_requests(200, "/auth/introspect", within=60)  # a few hundred tokens in
+        # Then the next requests stall for 3 s, more than both workers have in flight (4 jobs at
+        # concurrency 2 each): from a second after this until the stall ends, no chunk can finish, so the
+        # worker's log says truly whether it has one under way when it is killed. (Chunks of 30 tokens
+        # answered in 20 ms could otherwise end between the check and the kill, on a loaded machine.)
+        fake.clear_faults("/auth/introspect")
+        fake.inject("/auth/introspect", *[Fault(delay=3.0)] * 24, *[Fault(delay=0.02)] * 10_000)
+        await asyncio.sleep(1.0)
         async with asyncio.timeout(60):
-            while True:  # a few hundred tokens in, with chunks of its own under way
-                if fake.count("/auth/introspect") >= 200 and doomed.running_jobs > 0:
+            while True:  # with a chunk of its own under way
+                if doomed.running_jobs > 0:
                     break
                 await asyncio.sleep(0.01)
         doomed.process.kill()  # mid-chunk: its jobs stay "in progress" in Redis until their lease runs out

@@ -18,6 +18,7 @@ from moneykit_async import (
     MoneyKitSession,
     RateChanged,
     RetryPolicy,
+    SessionClosedError,
     Timeout,
 )
 from moneykit_async.testing import FakeMoneyKit
@@ -150,10 +151,13 @@ class _ScriptedFleet:
 
     def __init__(self) -> None:
         self.gen, self.wait = 0, 5.0
+        self.down = False
         self.bookings: list[int] = []
         self.ten_booked = asyncio.Event()
 
     async def reserve(self, namespace: str, ceiling: float | None, horizon: float) -> tuple[int, float]:
+        if self.down:
+            raise ConnectionError("redis is down")
         self.bookings.append(self.gen)
         if len(self.bookings) == 10:
             self.ten_booked.set()
@@ -184,3 +188,31 @@ async def test_a_fleet_cut_voids_the_slots_this_process_booked() -> None:
         await asyncio.wait_for(asyncio.gather(*waiting), timeout=4.0)
     assert time.monotonic() - started < 4.0
     assert fleet.bookings == [0] * 10 + [1] * 11  # each booked once more, in the new schedule
+
+
+async def ten_waiting(mk: MoneyKitSession, fleet: _ScriptedFleet) -> list[asyncio.Future[object]]:
+    """Ten calls waiting for fleet slots 5 s away."""
+    waiting: list[asyncio.Future[object]] = [asyncio.ensure_future(mk.introspect(f"tok-{i}")) for i in range(10)]
+    await asyncio.wait_for(fleet.ten_booked.wait(), timeout=4.0)
+    return waiting
+
+
+@pytest.mark.parametrize("how", ["a stale reply", "the limiter failing"])
+async def test_fleet_slots_are_kept_by_a_stale_reply_or_a_fallback(how: str) -> None:
+    # A reply of an older generation (replies can arrive out of order) is no cut; nor is this process
+    # pacing alone because Redis failed. Either way the calls waiting keep their fleet slots.
+    fleet = _ScriptedFleet()
+    fleet.gen = 3
+    details = json_answer(200, {"client_id": "c1", "scope": "a", "app": {"id": "A", "app_name": "App"}})
+    async with MoneyKitSession(transport=ScriptedTransport(details), token_store=_FleetStore(fleet)) as mk:
+        waiting = await ten_waiting(mk, fleet)
+        if how == "a stale reply":
+            fleet.gen, fleet.wait = 2, 0.0
+        else:
+            fleet.down = True
+        await mk.introspect("tok-new")  # sent at once, on a stale slot or unpaced
+        await asyncio.sleep(0.05)
+        assert not any(call.done() for call in waiting)  # still waiting for their own slots
+        assert fleet.bookings == [3] * 10 + ([2] if how == "a stale reply" else [])
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(r, SessionClosedError) for r in results)  # close() ended the waits

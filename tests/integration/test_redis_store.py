@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from moneykit_async import AccessToken, MoneyKitSession, fingerprint
-from moneykit_async.contrib.redis import RedisTokenStore
+from moneykit_async.contrib.redis import RedisRateLimiter, RedisTokenStore
 from moneykit_async.testing import FakeMoneyKit, Fault
 
 from ..helpers import clean_env
@@ -224,3 +224,22 @@ async def test_a_fleet_limiter_whose_redis_is_down_falls_back_to_local_pacing(
     assert results == [True] * 60
     assert "the shared rate limiter failed" in caplog.text
     await store.aclose()
+
+
+async def test_the_fleet_never_paces_above_a_ceiling_under_one_request_a_second(redis_url: str) -> None:
+    # As RateController: a ceiling below the floor of 1/s lowers the floor, so a cut never lifts the rate.
+    client = aioredis.Redis.from_url(redis_url)
+    limiter = RedisRateLimiter(client, prefix="test-ceiling")
+    try:
+        generation, _ = await limiter.reserve("ns", 0.5, float("inf"))
+        assert limiter.rate == 0.5
+        limiter.report(generation, accepted=False)  # a 429: the fleet's rate is cut
+        cut_generation, _ = await limiter.reserve("ns", 0.5, float("inf"))
+        assert cut_generation == generation + 1
+        assert limiter.rate is not None and limiter.rate <= 0.5
+        # A slot past the horizon (here: a deadline already gone) is not booked.
+        _, wait = await limiter.reserve("ns", 0.5, -1.0)
+        _, wait_again = await limiter.reserve("ns", 0.5, float("inf"))
+        assert wait_again == pytest.approx(wait, abs=0.05)
+    finally:
+        await client.aclose()

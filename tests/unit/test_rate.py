@@ -226,8 +226,11 @@ def test_a_session_unthrottled_for_a_while_is_not_paced_any_more() -> None:
     send(rc, 0.0, 100)
     rc.refused(rc.generation, 0.1)
     assert rc.rate(0.2) is not None
+    assert send(rc, 0.2, 100)[-1] > 0.05  # a queue of slots ahead
+    epoch = rc.epoch
     assert rc.reserve(40.0) == 0.0
     assert rc.rate(40.0) is None and not rc.enabled
+    assert rc.epoch == epoch + 1  # the callers still waiting for those slots go now too
 
 
 def answer(rc: RateController, now: float, accepted: int, refused: int) -> float | None:
