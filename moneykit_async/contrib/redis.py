@@ -172,7 +172,7 @@ local horizon = tonumber(ARGV[2])  -- a slot further away is not booked (the cal
 local floor = DEFAULT_FLOOR
 if ceiling > 0 and ceiling < floor then floor = ceiling end  -- as RateController: never over a ceiling
 local f = redis.call('HMGET', key, 'gen', 'enabled', 'cut_rate', 'w_max', 'k', 'cut_at', 'tat', 'acc', 'ref',
-  's_at', 's_prev', 's_cur', 'a_at', 'a_prev', 'a_cur', 'first', 'c', 'probe', 'last_ref', 'round_at', 'holds')
+  's_at', 's_prev', 's_cur', 'a_at', 'a_prev', 'a_cur', 'first', 'c', 'probe', 'last_ref', 'round_at')
 local gen = tonumber(f[1]) or 0
 local enabled = f[2] == '1'
 local cut_rate, w_max, k = tonumber(f[3]) or 0, tonumber(f[4]) or 0, tonumber(f[5]) or 0
@@ -180,7 +180,7 @@ local cut_at, tat = tonumber(f[6]) or -1e18, tonumber(f[7]) or 0
 local acc, ref = tonumber(f[8]) or 0, tonumber(f[9]) or 0
 local first = f[16] == '1'  -- the round after the first cut also counts the unpaced burst's answers
 local c, probe = tonumber(f[17]) or CUBIC_C, tonumber(f[18]) or -1  -- probe -1: never (not settled)
-local last_ref, round_at, holds = tonumber(f[19]) or 0, tonumber(f[20]) or -1e18, tonumber(f[21]) or 0
+local last_ref, round_at = tonumber(f[19]) or 0, tonumber(f[20]) or -1e18
 if enabled and ceiling <= 0 and now - cut_at > QUIET_RESET then
   enabled, gen = false, gen + 1  -- not paced any more: the slots still booked are void
 end
@@ -237,13 +237,11 @@ local function maybe_cut()
   local shallow = share >= BETA
   if shallow and math.abs(reference - last_ref) <= NEAR * last_ref then
     w_max = math.max(new, reference * PLATEAU)  -- throttled near the same rate twice: the limit is known
-    holds = math.min(holds + 1, MAX_HOLDS + 1)
-    c = SETTLED_C / 8 ^ (holds - 1)
-    probe = (PROBE_SPAN / c) ^ (1 / 3)
+    c, probe = SETTLED_C, SETTLED_HOLD
   else
     if shallow and now - cut_at < k then w_max = math.max(reference, new, w_max)
     else w_max = math.max(reference, new) end
-    c, probe, holds = CUBIC_C, -1, 0
+    c, probe = CUBIC_C, -1
   end
   last_ref = reference
   if w_max > new then k = ((w_max - new) / (CUBIC_C * w_max)) ^ (1 / 3) else k = 0 end
@@ -279,7 +277,7 @@ if booked then s_cur = s_cur + 1 end
 redis.call('HSET', key, 'gen', gen, 'enabled', enabled and '1' or '0', 'cut_rate', cut_rate, 'w_max', w_max,
   'k', k, 'cut_at', cut_at, 'tat', tat, 'acc', acc, 'ref', ref, 's_at', s_at, 's_prev', s_prev, 's_cur', s_cur,
   'a_at', a_at, 'a_prev', a_prev, 'a_cur', a_cur, 'first', first and '1' or '0', 'c', c, 'probe', probe,
-  'last_ref', last_ref, 'round_at', round_at, 'holds', holds)
+  'last_ref', last_ref, 'round_at', round_at)
 redis.call('PEXPIRE', key, 3600000)
 return {gen, tostring(wait), tostring(rate or -1), tostring(cut)}
 """
