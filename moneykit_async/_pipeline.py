@@ -183,9 +183,7 @@ class Pipeline:
                 else:  # this process's own schedule (0 until the first throttle: nothing is paced)
                     fleet_generation = None
                     wait = rate.reserve(loop.time(), horizon)
-                    if rate.epoch != self._local_epoch:  # this booking laid the schedule again
-                        self._local_epoch = rate.epoch
-                        self._void_slots()
+                    self._follow_local_schedule()  # this booking may have laid it again
                 if wait:
                     if wait >= horizon:  # not booked: the slot would come after the deadline
                         if flow:
@@ -341,15 +339,14 @@ class Pipeline:
     async def sleep(self, seconds: float, slot: bool = False) -> bool:
         """Sleep `seconds`, unless close() runs first: then SessionClosedError, at once. Waiting for a
         `slot` of a send schedule, also wake at once when that slot is void; returns whether it was."""
-        loop = self.transport.bind()
         closing = self._closing
         if closing is None:
-            closing = self._closing = loop.create_future()
+            closing = self._closing = self.transport.bind().create_future()
         void = None
         if slot:
             void = self._slots_void
             if void is None:
-                void = self._slots_void = loop.create_future()
+                void = self._slots_void = self.transport.bind().create_future()
             await asyncio.wait((closing, void), timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         else:
             await asyncio.wait((closing,), timeout=seconds)
@@ -372,6 +369,12 @@ class Pipeline:
             if self._hooks.hook is not None:
                 emit(self._hooks.hook, RateLimitPaused(seconds))
 
+    def _follow_local_schedule(self) -> None:
+        """If this process's schedule was laid again (a cut, a re-lay, a reset), void its booked slots."""
+        if self.rate.epoch != self._local_epoch:
+            self._local_epoch = self.rate.epoch
+            self._void_slots()
+
     def _void_slots(self) -> None:
         """A schedule was laid again: wake every call waiting for a slot, in the order they booked, to
         book again. Slots booked at the old rate must not go out after a cut."""
@@ -383,8 +386,7 @@ class Pipeline:
         # This process's cut voids the slots of its own schedule, when that is the one in use; a fleet's
         # schedule is laid again by the fleet's cuts, seen in the limiter's replies.
         if self.shared is None or self.transport.bind().time() < self._shared_down_until:
-            self._local_epoch = self.rate.epoch
-            self._void_slots()
+            self._follow_local_schedule()
         logger.debug("MoneyKit throttled this session: sending at most %.1f requests/s", rate)
         if self._hooks.hook is not None:
             emit(self._hooks.hook, RateChanged(rate, self.rate.throttled))

@@ -26,6 +26,8 @@ from moneykit_async.testing import FakeMoneyKit
 from ..helpers import Answer, ScriptedTransport, json_answer
 
 INTROSPECT = "/auth/introspect"
+# An introspection answer, for the scripted transports below.
+DETAILS = json_answer(200, {"client_id": "c1", "scope": "a", "app": {"id": "A", "app_name": "App"}})
 
 
 @pytest.mark.parametrize("retry_after", [0.2, None])
@@ -111,9 +113,8 @@ class _ClockedTransport(ScriptedTransport):
     capacity = 64
 
     def __init__(self) -> None:
-        details = json_answer(200, {"client_id": "c1", "scope": "a", "app": {"id": "A", "app_name": "App"}})
         throttle = json_answer(429, {"error_code": "api_error.rate_limit_exceeded", "error_message": "slow down"})
-        super().__init__(throttle, *[details] * 200)
+        super().__init__(throttle, *[DETAILS] * 200)
         self.times: list[float] = []
 
     async def send(self, *args: Any) -> Answer:
@@ -177,8 +178,7 @@ async def test_a_fleet_cut_voids_the_slots_this_process_booked() -> None:
     # Ten calls booked slots 5 s away in the fleet's schedule. Another process's 429 cuts the fleet's rate
     # (a new generation, seen in the next reply): the ten must book again at once, not sleep out 5 s.
     fleet = _ScriptedFleet()
-    details = json_answer(200, {"client_id": "c1", "scope": "a", "app": {"id": "A", "app_name": "App"}})
-    transport = ScriptedTransport(*[details] * 11)
+    transport = ScriptedTransport(*[DETAILS] * 11)
     async with MoneyKitSession(transport=transport, token_store=_FleetStore(fleet)) as mk:
         waiting = [asyncio.ensure_future(mk.introspect(f"tok-{i}")) for i in range(10)]
         await asyncio.wait_for(fleet.ten_booked.wait(), timeout=4.0)
@@ -203,8 +203,7 @@ async def test_fleet_slots_are_kept_by_a_stale_reply_or_a_fallback(how: str) -> 
     # pacing alone because Redis failed. Either way the calls waiting keep their fleet slots.
     fleet = _ScriptedFleet()
     fleet.gen = 3
-    details = json_answer(200, {"client_id": "c1", "scope": "a", "app": {"id": "A", "app_name": "App"}})
-    async with MoneyKitSession(transport=ScriptedTransport(details), token_store=_FleetStore(fleet)) as mk:
+    async with MoneyKitSession(transport=ScriptedTransport(DETAILS), token_store=_FleetStore(fleet)) as mk:
         waiting = await ten_waiting(mk, fleet)
         if how == "a stale reply":
             fleet.gen, fleet.wait = 2, 0.0
@@ -216,3 +215,16 @@ async def test_fleet_slots_are_kept_by_a_stale_reply_or_a_fallback(how: str) -> 
         assert fleet.bookings == [3] * 10 + ([2] if how == "a stale reply" else [])
     results = await asyncio.gather(*waiting, return_exceptions=True)
     assert all(isinstance(r, SessionClosedError) for r in results)  # close() ended the waits
+
+
+async def test_a_call_cancelled_while_waiting_for_its_slot_leaves_the_others_waking() -> None:
+    fleet = _ScriptedFleet()
+    async with MoneyKitSession(transport=ScriptedTransport(*[DETAILS] * 10), token_store=_FleetStore(fleet)) as mk:
+        waiting = await ten_waiting(mk, fleet)
+        waiting[0].cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting[0]
+        fleet.gen, fleet.wait = 1, 0.0
+        await mk.introspect("tok-new")  # the fleet's cut: the nine still waiting book again and go
+        await asyncio.wait_for(asyncio.gather(*waiting[1:]), timeout=4.0)
+    assert fleet.bookings == [0] * 10 + [1] * 10
