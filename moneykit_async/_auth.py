@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final, TypeVar
@@ -15,7 +16,13 @@ from ._models import AccessToken
 from ._protocol import needs_refresh
 from ._store import MemoryTokenStore, StoreLock, TokenStore
 
-__all__ = ["DEFAULT_HOOK_TIMEOUT", "DEFAULT_STORE_TIMEOUT", "OnTokenRefresh", "TokenManager"]
+__all__ = [
+    "DEFAULT_HOOK_TIMEOUT",
+    "DEFAULT_STORE_TIMEOUT",
+    "FORCED_REFRESH_INTERVAL",
+    "OnTokenRefresh",
+    "TokenManager",
+]
 
 logger = logging.getLogger("moneykit_async")
 
@@ -28,6 +35,9 @@ DEFAULT_STORE_TIMEOUT: Final = 5.0
 STORE_RETRY: Final = 30.0
 # An on_token_refresh hook that runs longer is abandoned (and logged); it never delays a caller.
 DEFAULT_HOOK_TIMEOUT: Final = 10.0
+# MoneyKit's refusal of the session's own token forces a new mint at most this often: a disabled client
+# (every token refused) must not turn each call into a mint.
+FORCED_REFRESH_INTERVAL: Final = 5.0
 
 _T = TypeVar("_T")
 
@@ -70,6 +80,7 @@ class TokenManager:
         )
         self._hooks: set[asyncio.Task[None]] = set()  # hooks and store writes after a refresh
         self._store_down_until = 0.0
+        self._forced_at = -math.inf  # when a refusal (or refresh()) last forced a new token
 
     @property
     def can_refresh(self) -> bool:
@@ -96,15 +107,38 @@ class TokenManager:
             return token
         return await self._flight.run(None, self._refresh)
 
-    def invalidate(self, token: AccessToken) -> None:
-        """Mark `token` as rejected by MoneyKit; the next `get()` mints a new one.
+    def rejected(self, token: AccessToken) -> bool:
+        """MoneyKit refused `token` (a 401, expired, revoked or any other reason): whether the call should
+        replay with a new one from `get()`.
 
-        Only the token that was rejected is dropped: when many callers report the same expired token,
-        the first one's refresh is not thrown away by the others.
+        Only the token that was refused is dropped: when many callers report the same token, the first
+        one's refresh is not thrown away by the others, and they all replay with its token. A refusal
+        forces a new mint at most once per FORCED_REFRESH_INTERVAL; within it, a refused token is the
+        client's fault (disabled, or its credentials revoked), and False says so.
         """
-        if self._token is token and self._mint is not None:
-            self._token = None
-            self._rejected = token
+        if self._mint is None:
+            return False  # a token the user gave: nothing to replace it with
+        if self._token is not token:
+            return True  # already replaced (or being replaced) by another caller's refusal
+        now = self._clock()
+        if now - self._forced_at < FORCED_REFRESH_INTERVAL:
+            return False
+        self._forced_at = now
+        self._token = None
+        self._rejected = token
+        return True
+
+    async def refresh(self) -> AccessToken:
+        """A new token now, whatever the current one's expiry (joins a refresh already under way)."""
+        if self._mint is None:
+            raise MissingCredentialsError(
+                "this session has no client credentials to mint a new access token; pass client_id and "
+                "client_secret (or set MONEYKIT_CLIENT_ID and MONEYKIT_CLIENT_SECRET)"
+            )
+        if self._token is not None:
+            self._forced_at = self._clock()
+            self._token, self._rejected = None, self._token
+        return await self._flight.run(None, self._refresh)
 
     async def _refresh(self) -> AccessToken:
         try:

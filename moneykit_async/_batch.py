@@ -8,7 +8,8 @@ worker can take, so a batch of 3 tokens starts 3 workers whatever `concurrency` 
 `2 * concurrency` tokens bounds what is read ahead, in flight and waiting to be yielded (in input
 order, a slow token holds back at most one window of results).
 
-A throttled token is requeued (see `Requeue`) and keeps its place in the order. While one waits out its
+A throttled token (a `RateLimitError`) is requeued (`_retry.requeue_delay` decides when, or whether it
+fails) and keeps its place in the order. While one waits out its
 Retry-After, the window widens to `REQUEUE_WINDOW * concurrency`, so the others keep MoneyKit's allowed
 rate instead of queueing behind it: memory stays bounded, by a larger constant, only while it waits.
 """
@@ -24,10 +25,10 @@ from typing import Literal, Self, TypeAlias
 
 import attrs
 
-from ._config import check_whole
-from ._errors import ClientDisabledError, MoneyKitError, SessionClosedError, UsageError
+from ._config import check_seconds, check_whole
+from ._errors import ClientDisabledError, MoneyKitError, RateLimitError, SessionClosedError, UsageError
 from ._models import AccessTokenDetails, fingerprint
-from ._pipeline import Requeue
+from ._retry import RetryPolicy, requeue_delay
 
 __all__ = ["BatchResults", "IntrospectionFailed", "IntrospectionOk", "IntrospectionResult"]
 
@@ -106,8 +107,12 @@ class BatchResults:
         *,
         concurrency: int,
         ordered: bool,
+        retry: RetryPolicy,
+        throttle_timeout: float | None,
     ) -> None:
         check_whole("concurrency", concurrency, minimum=1)
+        if throttle_timeout is not None:
+            check_seconds("throttle_timeout", throttle_timeout, zero_ok=False)
         if isinstance(tokens, str | bytes):
             raise UsageError("introspect_many takes an iterable of tokens, not a single token string")
         self._sync_source: Iterator[str] | None = None
@@ -119,11 +124,13 @@ class BatchResults:
         self._check = check
         self._concurrency = concurrency
         self._ordered = ordered
+        self._retry = retry
+        self._throttle_timeout = throttle_timeout
         self._window = 2 * concurrency
         self._refill = max(1, concurrency // 2)
         self._held = 0  # tokens read from the source and not yet yielded
         self._room: asyncio.Event | None = None  # set when the window has room again
-        self._requeued_out: set[int] = set()  # indexes requeued at least once and not yet yielded
+        self._requeued_out: dict[int, float] = {}  # index → loop time of its first 429, until yielded
         self._next_index = 0
         self._exhausted = False  # the reader has finished: no more tokens will be read
         self._queue: deque[tuple[int, str]] = deque()  # read, not yet taken by a worker
@@ -209,7 +216,7 @@ class BatchResults:
     def _release(self, index: int) -> None:
         self._held -= 1
         if self._requeued_out:
-            self._requeued_out.discard(index)
+            self._requeued_out.pop(index, None)
         room = self._room
         # Wake the reader once a quarter of the window is free, not for every result: it then reads a
         # run of tokens in one go instead of one task switch per token.
@@ -351,14 +358,9 @@ class BatchResults:
         try:
             while (item := await self._take()) is not None:
                 index, token = item
-                try:
-                    result = await self._check_one(index, token)
-                except Requeue as again:
-                    heapq.heappush(self._requeued, (self._loop.time() + again.after, index, token))
-                    self._requeued_out.add(index)
-                    if self._room is not None:
-                        self._room.set()  # the window just widened
-                    continue
+                result = await self._check_one(index, token)
+                if result is None:
+                    continue  # requeued
                 if self._ordered:
                     self._pending[index] = result
                     if index == self._next_to_yield:
@@ -371,17 +373,35 @@ class BatchResults:
                 self._failure = exc
             self._wake()
 
-    async def _check_one(self, index: int, token: object) -> IntrospectionResult:
+    async def _check_one(self, index: int, token: object) -> IntrospectionResult | None:
+        """The token's result, or None when it was requeued (throttled: a 429 is flow control)."""
         text = token if isinstance(token, str) else repr(type(token))
         try:
             details = await self._check(token)  # type: ignore[arg-type]
         except SessionClosedError:
             raise  # about the whole batch, not this token
+        except RateLimitError as exc:
+            if self._requeue(index, token, exc):
+                return None
+            return IntrospectionFailed(index, exc, text)
         except MoneyKitError as exc:  # this token's own outcome: expired, unauthorized, invalid, transport...
             return IntrospectionFailed(index, exc, text)
         if details.disabled_at is not None and details.is_disabled():
             return IntrospectionFailed(index, ClientDisabledError(details.disabled_at), text, details)
         return IntrospectionOk(index, details, text)
+
+    def _requeue(self, index: int, token: object, error: RateLimitError) -> bool:
+        """Send the token again when `requeue_delay` says; False when it must fail instead."""
+        assert self._loop is not None
+        now = self._loop.time()
+        first = self._requeued_out.setdefault(index, now)
+        wait = requeue_delay(error, now - first, self._retry, self._throttle_timeout)
+        if wait is None:
+            return False
+        heapq.heappush(self._requeued, (now + wait, index, token))  # type: ignore[misc]
+        if self._room is not None:
+            self._room.set()  # the window just widened
+        return True
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:

@@ -13,15 +13,28 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
+from yarl import URL
+
 from ._config import check_seconds, check_whole
 from ._flight import SingleFlight
 from ._models import AccessTokenDetails
 
-__all__ = ["IntrospectionCache"]
+__all__ = ["IntrospectionCache", "environment_salt"]
 
 
-def _key(token: str) -> bytes:
-    return hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+def environment_salt(base_url: str) -> bytes:
+    """The salt that keys a cache entry to one MoneyKit environment (a session's base URL, spelled as
+    sessions spell it: with one trailing slash)."""
+    url = URL(base_url)
+    canonical = str(url.with_path(url.path.rstrip("/") + "/"))
+    return hashlib.blake2b(canonical.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def _key(token: str, salt: bytes) -> bytes:
+    # Salted by the environment: a token that one environment accepted is never an answer for another
+    # (a sandbox token must not pass a production session sharing the cache). A salt, not a key, so a
+    # hit costs no extra compression block.
+    return hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=16, salt=salt).digest()
 
 
 class IntrospectionCache:
@@ -31,8 +44,11 @@ class IntrospectionCache:
     Concurrent introspections of the same token share one request; errors are never cached; an entry
     never outlives the client's `disabled_at`; `invalidate(token)` also discards the answer of a
     request already in flight for it. Keys are BLAKE2b hashes of tokens, so the cache holds no token.
-    One cache may serve several sessions: each session's requests are its own, so closing one never
-    fails another's calls. `clock` (default `time.monotonic`) and `wall_clock` exist for tests.
+    One cache may serve several sessions: an answer is only ever reused by a session of the same
+    MoneyKit environment (base URL), so a sandbox token never passes a production session; each
+    session's requests are its own, so closing one never fails another's calls. (Introspecting a given
+    token does not depend on the session's own credentials or scope, so those do not split the cache.)
+    `clock` (default `time.monotonic`) and `wall_clock` exist for tests.
     """
 
     def __init__(
@@ -48,6 +64,7 @@ class IntrospectionCache:
         self._clock = clock
         self._wall_clock = wall_clock
         self._entries: OrderedDict[bytes, tuple[AccessTokenDetails, float]] = OrderedDict()
+        self._salts: set[bytes] = set()  # the environments seen: invalidate() forgets a token in each
         # Keyed by (owner, token hash): a load belongs to the session that started it.
         self._loads: SingleFlight[tuple[int, bytes], AccessTokenDetails] = SingleFlight(
             "moneykit-introspection", "the session was closed while its introspection was in flight"
@@ -61,16 +78,19 @@ class IntrospectionCache:
     def __repr__(self) -> str:
         return f"IntrospectionCache(ttl={self.ttl:g}, max_size={self.max_size}, size={len(self._entries)})"
 
-    def get(self, token: str) -> AccessTokenDetails | None:
-        """The cached, still fresh details of `token`, or None."""
-        return self._lookup(_key(token))
+    def get(self, token: str, *, base_url: str) -> AccessTokenDetails | None:
+        """The cached, still fresh details of `token` in the environment at `base_url` (a session's
+        `base_url`), or None. Not counted as a hit."""
+        return self._lookup(_key(token, environment_salt(base_url)))
 
     def invalidate(self, token: str) -> None:
-        """Forget `token` (e.g. after learning it was revoked), including an answer still in flight."""
-        key = _key(token)
-        self._entries.pop(key, None)
+        """Forget `token` in every environment (e.g. after learning it was revoked), including an answer
+        still in flight."""
+        keys = {_key(token, salt) for salt in self._salts}
+        for key in keys:
+            self._entries.pop(key, None)
         for load in self._loads:
-            if load[1] == key:
+            if load[1] in keys:
                 self._loads.forget(load)
 
     def clear(self) -> None:
@@ -102,19 +122,21 @@ class IntrospectionCache:
         while len(self._entries) > self.max_size:
             self._entries.popitem(last=False)
 
-    def lookup(self, token: str) -> AccessTokenDetails | None:
-        """`get`, counted as a hit when found: the session's synchronous first look (no task, no timer)."""
-        details = self._lookup(_key(token))
+    def lookup(self, token: str, salt: bytes) -> AccessTokenDetails | None:
+        """A session's synchronous first look (no task, no timer), counted as a hit when found; `salt`
+        is `environment_salt(session.base_url)`, computed once per session."""
+        details = self._lookup(_key(token, salt))
         if details is not None:
             self.hits += 1
         return details
 
     async def fetch(
-        self, token: str, load: Callable[[], Awaitable[AccessTokenDetails]], *, owner: object = None
+        self, token: str, load: Callable[[], Awaitable[AccessTokenDetails]], *, salt: bytes, owner: object = None
     ) -> AccessTokenDetails:
-        """The details of `token` from the cache, or from `load()`, run once however many callers of
-        the same `owner` (a session) wait."""
-        key = _key(token)
+        """The details of `token` in the environment `salt` (see `lookup`) from the cache, or from `load()`,
+        run once however many callers of the same `owner` (a session) wait."""
+        self._salts.add(salt)
+        key = _key(token, salt)
         details = self._lookup(key)
         if details is not None:
             self.hits += 1

@@ -46,6 +46,7 @@ __all__ = [
     "TransportError",
     "UsageError",
     "api_error_from_response",
+    "credentials_rejected",
     "refresh_error",
 ]
 
@@ -112,6 +113,14 @@ class APIError(MoneyKitError):
         super().__init__(self._describe())
 
     def _describe(self) -> str:
+        text = f"{self.answer}. {self.hint}"
+        if self.retry_after is not None:
+            text += f" MoneyKit asked to wait {self.retry_after:g} s."
+        return text
+
+    @property
+    def answer(self) -> str:
+        """What MoneyKit answered, without advice (for messages that give advice of their own)."""
         what = f"MoneyKit answered HTTP {self.status}"
         if self.error_code:
             what += f" {self.error_code}"
@@ -122,10 +131,7 @@ class APIError(MoneyKitError):
             what += f": {message}"
         if self.request_id:
             what += f" (request id {self.request_id})"
-        text = f"{what}. {self.hint}"
-        if self.retry_after is not None:
-            text += f" MoneyKit asked to wait {self.retry_after:g} s."
-        return text
+        return what
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Keyword-only __init__ would break pickling (multiprocessing, arq) with the default reduce.
@@ -230,7 +236,20 @@ def refresh_error(cause: MoneyKitError) -> TokenRefreshError:
         advice = "MoneyKit failed to issue a token: retry later"
     else:
         advice = "MoneyKit's answer was not a token: check that the base URL points at MoneyKit"
-    return TokenRefreshError(f"could not obtain the session's access token: {cause}; {advice}")
+    # The cause's answer without its own advice: a token-endpoint 401 is about the credentials, not "the token".
+    answer = cause.answer if isinstance(cause, APIError) else str(cause)
+    if isinstance(cause, APIError) and cause.retry_after is not None:
+        answer += f" (MoneyKit asked to wait {cause.retry_after:g} s)"
+    return TokenRefreshError(f"could not obtain the session's access token: {answer}; {advice}")
+
+
+def credentials_rejected(cause: AuthenticationError) -> TokenRefreshError:
+    """MoneyKit refused the session's own token and then a freshly minted one: blame the client."""
+    return TokenRefreshError(
+        f"MoneyKit rejected this session's own access token, and a freshly minted one too ({cause.answer}); "
+        "the client is likely disabled, or its credentials revoked or for another environment: check client_id "
+        "and client_secret (or MONEYKIT_CLIENT_ID / MONEYKIT_CLIENT_SECRET) and the client's status with MoneyKit"
+    )
 
 
 def _text(value: object) -> str | None:

@@ -16,15 +16,18 @@ from typing import TypeVar
 
 from yarl import URL
 
+from ._auth import TokenManager
 from ._deadline import Deadline
 from ._errors import (
     RATE_LIMIT_EXCEEDED,
     APIError,
+    AuthenticationError,
     MoneyKitError,
     RateLimitError,
     RequestTimeoutError,
     ServerError,
     SessionClosedError,
+    credentials_rejected,
 )
 from ._events import (
     CallFinished,
@@ -37,13 +40,13 @@ from ._events import (
     RetryScheduled,
     emit,
 )
-from ._models import fingerprint
+from ._models import AccessToken, fingerprint
 from ._protocol import Endpoint
 from ._rate import RateController, SharedRate
 from ._retry import RetryBudget, RetryPolicy, backoff_delay, retry_delay, session_pause
 from ._transport import CLOSED_IN_FLIGHT, Transport
 
-__all__ = ["MAX_THROTTLED_RETRIES", "Pipeline", "Requeue"]
+__all__ = ["MAX_THROTTLED_RETRIES", "Pipeline"]
 
 logger = logging.getLogger("moneykit_async")
 _T = TypeVar("_T")
@@ -54,17 +57,6 @@ MAX_THROTTLED_RETRIES = 50
 SHARED_RETRY = 5.0
 # asyncio may run a timer up to its clock resolution early; the deadline counts as reached within this.
 _TIMER_SLACK = 0.001
-
-
-class Requeue(Exception):
-    """Raised by a batch's check: send this token again in `after` seconds (a 429 is flow control).
-
-    The worker moves on to other tokens meanwhile; the token keeps its place in the output order.
-    """
-
-    def __init__(self, after: float) -> None:
-        super().__init__(f"send again in {after:g} s")
-        self.after = after
 
 
 class Pipeline:
@@ -133,9 +125,13 @@ class Pipeline:
         deadline: Deadline,
         subject: str | None = None,
         flow: bool = False,
+        auth: TokenManager | None = None,
     ) -> _T:
         """One API call: pacing, attempts, retry decisions, pauses and the retry budget.
 
+        With `auth`, the call is authorized with the session's own token, obtained inside the call (so its
+        failure is this call's failure, reported as such); a 401 for it mints a new token once and replays,
+        and a second 401 blames the client's credentials (`TokenRefreshError`).
         `subject` is the token the call is about (only its fingerprint is ever reported). A 429 is flow
         control: it cuts the session's send rate and is retried no sooner than its Retry-After, within
         the deadline, without spending retries or the budget; with `flow` (a batch, which requeues the
@@ -159,6 +155,8 @@ class Pipeline:
         rate = self.rate
         shared = self.shared
         fleet_generation: int | None = None
+        own: AccessToken | None = None  # the session's own token this call sends (with `auth`)
+        replayed = False
         if hook is not None:  # an observed call: CallStarted now, CallFinished on every exit
             self._calls += 1
             call_id = self._calls
@@ -170,6 +168,11 @@ class Pipeline:
             while True:
                 if self.closed:
                     raise SessionClosedError(CLOSED_IN_FLIGHT)
+                if auth is not None and own is None:
+                    own = await deadline.bound(auth.get())
+                    headers = {"Authorization": "Bearer " + own.access_token}
+                    if hook is not None:
+                        tag = own.fingerprint
                 if self.paused_until > loop.time():
                     await self._wait_out_pause(deadline)
                 generation = rate.cuts  # the rate's generation: answers to older ones do not cut it again
@@ -186,9 +189,7 @@ class Pipeline:
                     self._follow_local_schedule()  # this booking may have laid it again
                 if wait:
                     if wait >= horizon:  # not booked: the slot would come after the deadline
-                        if flow:
-                            raise Requeue(wait)  # a batch sends the token when its slot comes, not before
-                        raise _paced_out(wait)
+                        raise _paced_out(wait)  # a batch requeues the token for when its slot comes
                     if await self.sleep(wait, slot=True):
                         continue  # the schedule was laid again while this call waited: its slot is void
                 if slots is not None:
@@ -242,6 +243,15 @@ class Pipeline:
                                 call_id,
                             ),
                         )
+                    if own is not None and isinstance(error, AuthenticationError):
+                        assert auth is not None
+                        if replayed or not auth.rejected(own):
+                            if auth.can_refresh:
+                                raise credentials_rejected(error) from error
+                            raise
+                        logger.debug("MoneyKit refused token %s; replaying with a new one", own.fingerprint)
+                        own, replayed = None, True
+                        continue
                     time_left = deadline.left()
                     if isinstance(error, RateLimitError):
                         if shared is not None and fleet_generation is not None:
@@ -324,17 +334,19 @@ class Pipeline:
         if now < self._shared_down_until:
             return None
         bound = now + self._store_timeout
+        by_deadline = deadline.at is not None and deadline.at < bound
         try:
-            async with asyncio.timeout_at(bound if deadline.at is None else min(bound, deadline.at)):
+            async with asyncio.timeout_at(deadline.at if by_deadline else bound):
                 return await shared.reserve(self._namespace, self.rate.ceiling, horizon)
-        except Exception as exc:  # noqa: BLE001 - a broken limiter must never become a MoneyKit outage
-            logger.warning(
-                "the shared rate limiter failed (%s); pacing this process alone for %.0f s",
-                type(exc).__name__,
-                SHARED_RETRY,
-            )
-            self._shared_down_until = loop.time() + SHARED_RETRY
-            return None
+        except TimeoutError:
+            if by_deadline:  # the caller's deadline ended during the round trip: not the limiter's fault
+                raise deadline.error() from None
+            exc: Exception = TimeoutError()
+        except Exception as error:  # noqa: BLE001 - a broken limiter must never become a MoneyKit outage
+            exc = error
+        logger.warning("the shared rate limiter failed (%s); pacing alone for %.0f s", type(exc).__name__, SHARED_RETRY)
+        self._shared_down_until = loop.time() + SHARED_RETRY
+        return None
 
     async def sleep(self, seconds: float, slot: bool = False) -> bool:
         """Sleep `seconds`, unless close() runs first: then SessionClosedError, at once. Waiting for a

@@ -3,7 +3,7 @@
 A retry loop of our own rather than a library: it must share one deadline with token refresh, obey
 Retry-After, pause the whole session on a 503 with Retry-After, leave 429s to the rate controller
 (`_rate`) and draw on a session-wide budget, which no generic retry decorator models. The loop itself
-(in `_session`) only sleeps and calls these functions.
+(in `_pipeline`, and the batch's requeue in `_batch`) only sleeps and calls these functions.
 """
 
 from __future__ import annotations
@@ -16,7 +16,20 @@ import attrs
 from ._config import check_seconds, check_whole
 from ._errors import APIError, MoneyKitError, RateLimitError, TransportError
 
-__all__ = ["RetryBudget", "RetryPolicy", "backoff_delay", "is_retryable", "retry_delay", "session_pause"]
+__all__ = [
+    "DEFAULT_THROTTLE_TIMEOUT",
+    "RetryBudget",
+    "RetryPolicy",
+    "backoff_delay",
+    "is_retryable",
+    "requeue_delay",
+    "retry_delay",
+    "session_pause",
+]
+
+# How long a batch keeps requeueing a token that MoneyKit keeps answering 429 (from its first 429):
+# long enough to ride out any throttling a healthy batch meets, short enough that a batch always ends.
+DEFAULT_THROTTLE_TIMEOUT: Final = 300.0
 
 RETRYABLE_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -126,3 +139,20 @@ class RetryBudget:
     def record_success(self) -> None:
         if self.available < self.capacity:  # usually full: one comparison per successful call
             self.available = min(self.capacity, self.available + self.refill)
+
+
+def requeue_delay(
+    error: RateLimitError, throttled_for: float, policy: RetryPolicy, throttle_timeout: float | None
+) -> float | None:
+    """A batch's token was throttled (a 429, or no send slot before its deadline): how long until it is
+    sent again, or None to fail it with `error`. `throttled_for` is the time since its first 429.
+
+    Failed: a Retry-After beyond `policy.max_retry_after`, or a token throttled for `throttle_timeout`
+    seconds in all (None: never), so that a batch always ends.
+    """
+    wait = error.retry_after or 0.0
+    if wait > policy.max_retry_after:
+        return None
+    if throttle_timeout is not None and throttled_for + wait > throttle_timeout:
+        return None
+    return wait

@@ -17,16 +17,16 @@ from typing import TYPE_CHECKING, Self, TypeVar
 
 from ._auth import DEFAULT_STORE_TIMEOUT, OnTokenRefresh, TokenManager
 from ._batch import BatchResults
-from ._cache import IntrospectionCache
+from ._cache import IntrospectionCache, environment_salt
 from ._config import DEFAULT_MAX_RESPONSE_BYTES, Timeout
 from ._deadline import Deadline
-from ._errors import ConfigurationError, ExpiredAccessTokenError, RateLimitError, SessionClosedError
+from ._errors import ConfigurationError, SessionClosedError
 from ._events import Hooks, OnEvent, TokenRefreshed, emit
-from ._models import AccessToken, AccessTokenDetails, JsonWebKeySet, fingerprint
-from ._pipeline import Pipeline, Requeue
+from ._models import AccessToken, AccessTokenDetails, JsonWebKeySet
+from ._pipeline import Pipeline
 from ._protocol import INTROSPECT, JWKS, ClientAuth, Endpoint, check_token, token_endpoint, token_request
 from ._rate import SharedRate
-from ._retry import RetryPolicy
+from ._retry import DEFAULT_THROTTLE_TIMEOUT, RetryPolicy
 from ._settings import Settings
 from ._store import TokenStore
 from ._transport import AiohttpTransport, Transport
@@ -160,7 +160,7 @@ class MoneyKitSession:
             rate_limit=settings.rate_limit,
             shared=shared if isinstance(shared, SharedRate) else None,
             namespace=settings.namespace,
-            store_timeout=settings.store_timeout,
+            store_timeout=settings.store_budget,
             hooks=self._hooks,
         )
         self._tokens = TokenManager(
@@ -170,9 +170,10 @@ class MoneyKitSession:
             on_refresh=on_token_refresh,
             store=token_store,
             namespace=settings.namespace,
-            store_timeout=settings.store_timeout,
+            store_timeout=settings.store_budget,
         )
         self._cache = introspection_cache
+        self._cache_salt = environment_salt(str(settings.base_url))  # a cached answer is this environment's
         self._batches: weakref.WeakSet[BatchResults] = weakref.WeakSet()
         self._closed = False
         self._shutdown: asyncio.Future[None] | None = None
@@ -279,7 +280,9 @@ class MoneyKitSession:
         """Details of `token`, or of the session's own token when `token` is None.
 
         Checking a given token never mints a token of the session's own. For the session's own token,
-        a 401 `api_error.auth.expired_access_token` triggers one refresh and one replay. Transient
+        a 401 (expired, revoked, any reason) mints a new token once and replays; if MoneyKit refuses the
+        new token too, TokenRefreshError blames the client's credentials (a refusal mints at most once
+        per 5 s, so a disabled client causes no mint storm). Transient
         failures are retried per the session's `RetryPolicy`, all within one `Timeout.total`.
         """
         if token is None:
@@ -288,7 +291,7 @@ class MoneyKitSession:
         cache = self._cache
         if cache is not None:
             self._transport.bind()  # this loop's thread only, hit or miss: the cache is not thread-safe
-            if (cached := cache.lookup(given)) is not None:
+            if (cached := cache.lookup(given, self._cache_salt)) is not None:
                 if self._closed:
                     raise SessionClosedError(_CLOSED)
                 return cached  # a hit: no deadline, no task, no timer
@@ -307,8 +310,20 @@ class MoneyKitSession:
         deadline = self._deadline(_TOKEN_LABEL)
         return await deadline.bound(self._tokens.get())
 
+    async def refresh_access_token(self) -> AccessToken:
+        """Mint a new own access token now, whatever the current one's expiry (e.g. after another API
+        refused it); callers waiting meanwhile get the new one. Raises MissingCredentialsError without
+        client credentials. The session also does this by itself, once, when MoneyKit refuses its token."""
+        deadline = self._deadline(_TOKEN_LABEL)
+        return await deadline.bound(self._tokens.refresh())
+
     def introspect_many(
-        self, tokens: Iterable[str] | AsyncIterable[str], *, concurrency: int = 64, ordered: bool = True
+        self,
+        tokens: Iterable[str] | AsyncIterable[str],
+        *,
+        concurrency: int = 64,
+        ordered: bool = True,
+        throttle_timeout: float | None = DEFAULT_THROTTLE_TIMEOUT,
     ) -> BatchResults:
         """Check many tokens, streaming: `async for result in mk.introspect_many(tokens): ...`.
 
@@ -322,8 +337,10 @@ class MoneyKitSession:
         Rate limits slow the batch down instead of failing its tokens: a token answered 429 is requeued
         (it keeps its place) and sent again no sooner than its Retry-After, while the others go on at the
         session's learned rate; while the session is paused (a 503 with Retry-After) no token is sent,
-        and each token's deadline starts when it can be sent. Only a Retry-After longer than
-        `RetryPolicy.max_retry_after` fails a token with RateLimitError. `concurrency` is capped at the
+        and each token's deadline starts when it can be sent. A token fails with RateLimitError only when
+        MoneyKit asks for a Retry-After longer than `RetryPolicy.max_retry_after`, or when it has been
+        throttled for `throttle_timeout` seconds (default 300; None: no bound) since its first 429, so a
+        batch always ends. `concurrency` is capped at the
         connection pool's size (`max_connections`), since more workers could only queue for connections.
         """
         if self._closed:  # fail here, not on the first result
@@ -332,7 +349,14 @@ class MoneyKitSession:
         if capacity is not None and concurrency > capacity:
             logger.debug("introspect_many: concurrency %s capped at the pool's %s connections", concurrency, capacity)
             concurrency = capacity
-        batch = BatchResults(tokens, self._introspect_paced, concurrency=concurrency, ordered=ordered)
+        batch = BatchResults(
+            tokens,
+            self._introspect_paced,
+            concurrency=concurrency,
+            ordered=ordered,
+            retry=self._settings.retry,
+            throttle_timeout=throttle_timeout,
+        )
         self._batches.add(batch)
         return batch
 
@@ -348,23 +372,11 @@ class MoneyKitSession:
         self, endpoint: Endpoint[_T], *, bearer: str | None, deadline: Deadline, flow: bool = False
     ) -> Awaitable[_T]:
         """One authorized call of `endpoint`: with the given `bearer` token, or (None) with the session's
-        own, refreshed and replayed once if MoneyKit calls it expired. A plain function handing back the
+        own, replaced and replayed once if MoneyKit refuses it. A plain function handing back the
         pipeline's coroutine for a given token, so the hot path awaits one frame less."""
         if bearer is None:
-            return self._request_own(endpoint, deadline)
+            return self._pipeline.call(endpoint, {}, None, deadline, auth=self._tokens)
         return self._pipeline.call(endpoint, {"Authorization": "Bearer " + bearer}, None, deadline, bearer, flow)
-
-    async def _request_own(self, endpoint: Endpoint[_T], deadline: Deadline) -> _T:
-        own = await deadline.bound(self._tokens.get())
-        try:
-            return await self._pipeline.call(endpoint, _bearer(own), None, deadline, own.access_token)
-        except ExpiredAccessTokenError:
-            if not self._tokens.can_refresh:
-                raise
-            logger.debug("token %s was rejected as expired; refreshing once and replaying", own.fingerprint)
-            self._tokens.invalidate(own)
-            fresh = await deadline.bound(self._tokens.get())
-            return await self._pipeline.call(endpoint, _bearer(fresh), None, deadline, fresh.access_token)
 
     async def _mint(self) -> AccessToken:
         settings = self._settings
@@ -390,33 +402,24 @@ class MoneyKitSession:
         load = cache.fetch(
             token,
             lambda: self._request(INTROSPECT, bearer=token, deadline=self._deadline(INTROSPECT.label), flow=flow),
+            salt=self._cache_salt,
             owner=self,
         )
         return await deadline.bound(load)
 
     async def _introspect_paced(self, token: str) -> AccessTokenDetails:
-        """`introspect(token)` for a batch: a 429 is flow control, so the token is requeued, not failed."""
+        """`introspect(token)` for a batch: a 429 is raised at once (the batch requeues the token)."""
         pipeline = self._pipeline
         if pipeline.paused_until:
             await pipeline.until_unpaused()  # the token's deadline starts once it may be sent
         given = check_token(token)
         cache = self._cache
-        if cache is not None and (cached := cache.lookup(given)) is not None:
+        if cache is not None and (cached := cache.lookup(given, self._cache_salt)) is not None:
             return cached
         deadline = self._deadline(INTROSPECT.label)
-        try:
-            if cache is not None:
-                return await self._introspect_cached(given, deadline, flow=True)
-            return await self._request(INTROSPECT, bearer=given, deadline=deadline, flow=True)
-        except RateLimitError as exc:
-            if exc.retry_after is not None and exc.retry_after > self._settings.retry.max_retry_after:
-                raise  # MoneyKit asked for a wait longer than this session may make
-            logger.debug("token %s was throttled; it goes back in the queue", fingerprint(token))
-            raise Requeue(exc.retry_after or 0.0) from None
+        if cache is not None:
+            return await self._introspect_cached(given, deadline, flow=True)
+        return await self._request(INTROSPECT, bearer=given, deadline=deadline, flow=True)
 
 
 _TOKEN_LABEL = "POST /auth/token"
-
-
-def _bearer(token: AccessToken) -> dict[str, str]:
-    return {"Authorization": "Bearer " + token.access_token}

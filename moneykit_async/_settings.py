@@ -61,6 +61,14 @@ class Settings:
         return f"{self.client_id}:{fingerprint(self.scope or '')}"
 
     @property
+    def store_budget(self) -> float:
+        """How long a refresh may wait on the token store, or a booking on the fleet's limiter:
+        `store_timeout`, but at most half of `Timeout.total`, so that a hung store leaves a call the time
+        to mint on its own (or pace alone) within its deadline."""
+        total = self.timeout.total
+        return self.store_timeout if total is None else min(self.store_timeout, total / 2)
+
+    @property
     def can_mint(self) -> bool:
         return self.client_secret is not None
 

@@ -10,11 +10,15 @@ import pytest
 
 from moneykit_async import (
     AuthenticationError,
+    BatchResults,
     ClientDisabledError,
+    ConfigurationError,
     ExpiredAccessTokenError,
     IntrospectionCache,
+    IntrospectionResult,
     InvalidInputError,
     MoneyKitSession,
+    RateLimitError,
     ResponseValidationError,
     RetryPolicy,
     ServerError,
@@ -349,3 +353,28 @@ async def test_a_requeued_token_goes_again_when_due_even_if_the_source_is_quiet(
         rest = [r async for r in results]
     assert [r.index for r in rest] == [1]
     assert fake.count(INTROSPECT) == 3
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+async def test_a_token_throttled_without_end_fails_after_throttle_timeout(fake: FakeMoneyKit, ordered: bool) -> None:
+    # The first token is answered 429 every time; the batch must still end, and yield what follows it.
+    tokens = [fake.mint_token() for _ in range(5)]
+    forever = Fault(status=429, headers={"Retry-After": "0.05"})
+    fake.inject(INTROSPECT, *[forever] * 1000)  # every request while the faults last: the first ones too
+    async with MoneyKitSession(base_url=fake.base_url) as mk:
+        batch = mk.introspect_many(tokens, ordered=ordered, throttle_timeout=0.5)
+        results = await asyncio.wait_for(collect(batch), timeout=30)
+    assert sorted(r.index for r in results) == list(range(5))
+    assert all(isinstance(r.error, RateLimitError) for r in results)
+    assert fake.count(INTROSPECT) < 1000  # it gave up long before the faults ran out
+
+
+async def collect(batch: BatchResults) -> list[IntrospectionResult]:
+    return [r async for r in batch]
+
+
+def test_throttle_timeout_is_validated() -> None:
+    mk = MoneyKitSession()
+    for bad in (0, -1, float("nan"), "5"):
+        with pytest.raises(ConfigurationError, match="throttle_timeout"):
+            mk.introspect_many([], throttle_timeout=bad)  # type: ignore[arg-type]

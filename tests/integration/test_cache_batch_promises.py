@@ -13,6 +13,7 @@ import pytest
 
 from moneykit_async import (
     AccessTokenDetails,
+    AuthenticationError,
     BatchResults,
     IntrospectionCache,
     IntrospectionResult,
@@ -86,12 +87,12 @@ async def test_forgetting_a_token_while_its_fill_is_in_flight_wins(fake: FakeMon
             cache.clear()
         details = await asked_before
         assert details.client_id == fake.client_id  # the caller that asked before still gets its answer
-        assert cache.get(token) is None  # ... but the cache did not keep it
+        assert cache.get(token, base_url=fake.base_url) is None  # ... but the cache did not keep it
         assert len(cache) == 0
         assert (await mk.introspect(token)).client_id == fake.client_id
         assert fake.count(INTROSPECT) == 2  # asked again
         # an undisturbed fill is kept: the next call is a hit
-        assert cache.get(token) is not None
+        assert cache.get(token, base_url=fake.base_url) is not None
         await mk.introspect(token)
         assert fake.count(INTROSPECT) == 2
 
@@ -109,7 +110,7 @@ async def test_a_caller_arriving_after_invalidate_does_not_join_the_stale_fill(f
         assert not stale.done()
         assert (await stale).client_id == fake.client_id
         assert (await fresh).client_id == fake.client_id
-        assert cache.get(token) is not None  # the fresh fill was not invalidated: it is kept
+        assert cache.get(token, base_url=fake.base_url) is not None  # the fresh fill was not invalidated: it is kept
     assert fake.count(INTROSPECT) == 2
 
 
@@ -128,7 +129,7 @@ async def test_closing_the_session_fails_cache_waiters_with_session_closed(fake:
     assert [type(o).__name__ for o in outcomes] == [SessionClosedError.__name__] * 10  # never CancelledError
     for outcome in outcomes:
         assert "session was closed" in str(outcome)
-    assert cache.get(token) is None
+    assert cache.get(token, base_url=fake.base_url) is None
     assert fake.count(INTROSPECT) == 1
 
 
@@ -152,7 +153,7 @@ async def test_closing_one_session_spares_another_sharing_the_cache(fake: FakeMo
             await closed_call
         details = await asyncio.wait_for(kept_call, 10)
         assert details.client_id == fake.client_id
-        assert cache.get(token) is not None
+        assert cache.get(token, base_url=fake.base_url) is not None
         assert (await kept.introspect(token)) == details  # served by the cache
         assert fake.count(INTROSPECT) == 2  # one request per session, none for the hit
     finally:
@@ -175,7 +176,7 @@ async def test_a_fill_whose_waiters_all_timed_out_leaves_no_unretrieved_exceptio
             await asyncio.wait(loads, timeout=10)
         assert all(t.done() for t in loads)
         del loads
-        assert cache.get(token) is None
+        assert cache.get(token, base_url=fake.base_url) is None
     assert await unreported(loop_errors) == []
 
 
@@ -201,7 +202,7 @@ async def test_a_fill_failing_after_every_waiter_left_leaves_no_unretrieved_exce
         await asyncio.wait(loads, timeout=10)
         assert loads[0].done() and not loads[0].cancelled()  # ... and fails (its 500) with nobody waiting
         del loads
-        assert cache.get(token) is None
+        assert cache.get(token, base_url=fake.base_url) is None
     assert fake.count(INTROSPECT) == 1
     assert await unreported(loop_errors) == []
 
@@ -454,3 +455,22 @@ async def test_429s_without_retry_after_are_requeued_not_failed(fake: FakeMoneyK
     assert [r.index for r in seen] == list(range(40))
     assert errors(seen) == []
     assert fake.count(INTROSPECT) == 45  # each 429 cost one extra request
+
+
+async def test_a_shared_cache_never_answers_for_another_environment(fake: FakeMoneyKit) -> None:
+    # Two live MoneyKits: `fake` plays the sandbox, `production` the real thing. One cache serves both sessions.
+    cache = IntrospectionCache(ttl=60)
+    async with FakeMoneyKit() as production:
+        sandbox_token = fake.mint_token()
+        async with (
+            MoneyKitSession(base_url=fake.base_url, introspection_cache=cache) as sandbox_mk,
+            MoneyKitSession(base_url=production.base_url, introspection_cache=cache) as production_mk,
+        ):
+            assert (await sandbox_mk.introspect(sandbox_token)).client_id == fake.client_id
+            with pytest.raises(AuthenticationError):  # production never issued it, whatever the sandbox said
+                await production_mk.introspect(sandbox_token)
+            assert production.count(INTROSPECT) == 1  # asked, not answered from the sandbox's entry
+            assert cache.get(sandbox_token, base_url=production_mk.base_url) is None
+            assert cache.get(sandbox_token, base_url=sandbox_mk.base_url) is not None
+            await sandbox_mk.introspect(sandbox_token)  # the sandbox's own entry still serves the sandbox
+            assert fake.count(INTROSPECT) == 1

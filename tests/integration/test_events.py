@@ -22,6 +22,7 @@ from moneykit_async import (
     ServerError,
     Timeout,
     TokenRefreshed,
+    TokenRefreshError,
     fingerprint,
 )
 from moneykit_async.testing import FakeMoneyKit, Fault
@@ -41,12 +42,12 @@ async def test_a_call_with_a_retry_reports_every_step(fake: FakeMoneyKit) -> Non
         own = (await mk.get_access_token()).fingerprint
     kinds = [type(e).__name__ for e in events if not isinstance(e, RateChanged)]
     assert kinds == [
+        "CallStarted",  # GET /auth/introspect: getting the session's own token is part of the call
         "CallStarted",  # POST /auth/token, for the session's own token
         "RequestStarted",
         "RequestFinished",
         "CallFinished",
         "TokenRefreshed",
-        "CallStarted",  # GET /auth/introspect
         "RequestStarted",  # -> 429: flow control, the session's rate is cut
         "RequestFinished",
         "RetryScheduled",  # no sooner than the Retry-After
@@ -54,10 +55,11 @@ async def test_a_call_with_a_retry_reports_every_step(fake: FakeMoneyKit) -> Non
         "RequestFinished",
         "CallFinished",
     ]  # get_access_token() found the token fresh: no call, no event
-    mint_call, mint_end, introspect_call, introspect_end = [
+    introspect_call, mint_call, mint_end, introspect_end = [
         e for e in events if isinstance(e, CallStarted | CallFinished)
     ]
     assert isinstance(introspect_call, CallStarted) and introspect_call.path == "/auth/introspect"
+    assert introspect_call.fingerprint is None  # the call began before it had a token
     assert isinstance(mint_call, CallStarted) and mint_call.path == "/auth/token"
     assert isinstance(mint_end, CallFinished) and (mint_end.call_id, mint_end.attempts, mint_end.error) == (
         mint_call.call_id,
@@ -166,3 +168,22 @@ async def test_a_cancelled_call_reports_call_finished_with_cancelled_error(fake:
             await call
     (finished,) = [e for e in events if isinstance(e, CallFinished)]
     assert (finished.attempts, finished.error) == (1, "CancelledError")
+
+
+async def test_a_call_that_cannot_get_its_own_token_is_still_reported(fake: FakeMoneyKit) -> None:
+    events: list[Event] = []
+    async with MoneyKitSession(
+        base_url=fake.base_url, client_id=fake.client_id, client_secret="wrong", on_event=events.append
+    ) as mk:
+        for call in (mk.introspect, mk.jwks):
+            with pytest.raises(TokenRefreshError):
+                await call()
+    calls = [(e.path, e.error) for e in events if isinstance(e, CallFinished)]
+    assert calls == [
+        ("/auth/token", "AuthenticationError"),
+        ("/auth/introspect", "TokenRefreshError"),
+        ("/auth/token", "AuthenticationError"),
+        ("/.well-known/jwks.json", "TokenRefreshError"),
+    ]
+    started = [e.path for e in events if isinstance(e, CallStarted)]
+    assert started == ["/auth/introspect", "/auth/token", "/.well-known/jwks.json", "/auth/token"]

@@ -17,6 +17,7 @@ from moneykit_async import (
     MemoryTokenStore,
     MoneyKitSession,
     RateChanged,
+    RequestTimeoutError,
     RetryPolicy,
     SessionClosedError,
     Timeout,
@@ -228,3 +229,30 @@ async def test_a_call_cancelled_while_waiting_for_its_slot_leaves_the_others_wak
         await mk.introspect("tok-new")  # the fleet's cut: the nine still waiting book again and go
         await asyncio.wait_for(asyncio.gather(*waiting[1:]), timeout=4.0)
     assert fleet.bookings == [0] * 10 + [1] * 10
+
+
+async def test_a_deadline_that_ends_during_the_limiters_round_trip_is_not_the_limiters_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The first attempt is answered 503 with Retry-After 0.6 s, so the retry books its slot with less of
+    # its 1 s deadline left than the limiter's budget; that booking hangs, and the deadline ends during it.
+    fleet = _ScriptedFleet()
+    fleet.wait = 0.0
+    hang = asyncio.Event()
+    booked = fleet.reserve
+
+    async def reserve(namespace: str, ceiling: float | None, horizon: float) -> tuple[int, float]:
+        if len(fleet.bookings) == 1 and not hang.is_set():
+            hang.set()
+            await asyncio.Event().wait()  # a round trip that outlasts the call's deadline
+        return await booked(namespace, ceiling, horizon)
+
+    fleet.reserve = reserve  # type: ignore[method-assign]
+    busy = json_answer(503, {"error_code": "api_error.server"}, **{"Retry-After": "0.6"})
+    transport = ScriptedTransport(busy, DETAILS)
+    async with MoneyKitSession(transport=transport, token_store=_FleetStore(fleet), timeout=Timeout(total=1.0)) as mk:
+        with caplog.at_level("WARNING", logger="moneykit_async"), pytest.raises(RequestTimeoutError):
+            await mk.introspect("tok-1")
+        assert "shared rate limiter failed" not in caplog.text
+        await mk.introspect("tok-2")  # booked through the fleet, not paced alone for 5 s
+    assert len(fleet.bookings) == 2

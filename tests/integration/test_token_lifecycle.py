@@ -12,10 +12,12 @@ from moneykit_async import (
     AccessToken,
     AuthenticationError,
     ExpiredAccessTokenError,
+    MemoryTokenStore,
     MissingCredentialsError,
     MoneyKitSession,
     RetryPolicy,
     ServerError,
+    Timeout,
     TokenRefreshError,
     TransportError,
 )
@@ -112,20 +114,11 @@ async def test_a_second_expired_answer_is_raised_not_looped(fake: FakeMoneyKit) 
         await mk.introspect()
         fake.clear_requests()
         fake.inject(INTROSPECT, expired, expired, expired)
-        with pytest.raises(ExpiredAccessTokenError):
+        with pytest.raises(TokenRefreshError) as caught:  # a fresh token refused too: the client is at fault
             await mk.introspect()
-    assert fake.count(TOKEN) == 1
+    assert isinstance(caught.value.__cause__, ExpiredAccessTokenError)
+    assert fake.count(TOKEN) == 2  # one replacement, one replay: no loop
     assert fake.count(INTROSPECT) == 2
-
-
-async def test_unauthorized_never_triggers_a_refresh(fake: FakeMoneyKit) -> None:
-    async with session_for(fake) as mk:
-        await mk.introspect()
-        fake.revoke_token(fake.requests[-1].headers["Authorization"].split()[1])
-        with pytest.raises(AuthenticationError) as caught:
-            await mk.introspect()
-    assert caught.value.error_code == "api_error.auth.unauthorized"
-    assert fake.count(TOKEN) == 1
 
 
 @pytest.mark.parametrize("lifetime", [0, 1])
@@ -257,3 +250,56 @@ async def test_disabled_client_cannot_mint_but_its_tokens_report_it(fake: FakeMo
         assert details.is_disabled()
         with pytest.raises(TokenRefreshError):
             await mk.introspect()
+
+
+async def test_a_revoked_own_token_is_replaced_once_and_the_calls_replayed(fake: FakeMoneyKit) -> None:
+    async with session_for(fake) as mk:
+        first = await mk.get_access_token()
+        fake.revoke_token(first.access_token)  # revoked, not expired: MoneyKit answers unauthorized
+        results = await asyncio.gather(*(mk.introspect() for _ in range(20)))
+        assert {r.client_id for r in results} == {fake.client_id}
+        assert fake.count(TOKEN) == 2  # one new token for all twenty callers
+        assert (await mk.get_access_token()).access_token != first.access_token
+
+
+async def test_an_own_token_refused_again_blames_the_credentials_without_a_mint_storm(fake: FakeMoneyKit) -> None:
+    # Every introspection is refused (as for a client whose tokens MoneyKit no longer honours).
+    fake.inject(INTROSPECT, *[Fault(status=401)] * 100)
+    async with session_for(fake, retry=RetryPolicy(max_retries=0)) as mk:
+        for _ in range(20):
+            with pytest.raises(TokenRefreshError, match="client_secret") as caught:
+                await mk.introspect()
+            assert "Check that the token" not in str(caught.value)
+            assert isinstance(caught.value.__cause__, AuthenticationError)
+    assert fake.count(TOKEN) == 2  # the first token, and one forced refresh: not one mint per call
+    assert fake.count(INTROSPECT) == 21  # the first call replayed once; the others were refused at once
+
+
+async def test_refresh_access_token_mints_a_new_token_on_demand(fake: FakeMoneyKit) -> None:
+    async with session_for(fake) as mk:
+        first = await mk.get_access_token()
+        fresh = await mk.refresh_access_token()
+        assert fresh.access_token != first.access_token
+        assert await mk.get_access_token() is fresh
+        assert fake.count(TOKEN) == 2
+    async with MoneyKitSession(base_url=fake.base_url, access_token=first.access_token) as static:
+        with pytest.raises(MissingCredentialsError, match="client_id and client_secret"):
+            await static.refresh_access_token()
+
+
+async def test_a_store_that_hangs_once_leaves_time_to_mint_within_the_deadline(fake: FakeMoneyKit) -> None:
+    class HangsOnce(MemoryTokenStore):
+        reads = 0
+
+        async def get(self, namespace: str) -> AccessToken | None:
+            self.reads += 1
+            if self.reads == 1:
+                await asyncio.Event().wait()  # never returns
+            return await super().get(namespace)
+
+    # The store's default budget (5 s) is longer than the call's deadline: it must not eat all of it.
+    async with session_for(fake, timeout=Timeout(total=2.0), token_store=HangsOnce()) as mk:
+        details = await mk.introspect()
+        assert details.client_id == fake.client_id
+        assert fake.count(TOKEN) == 1
+        await mk.introspect()  # and the next calls go on with that token

@@ -15,7 +15,7 @@ from moneykit_async import (
     SessionClosedError,
     TokenRefreshError,
 )
-from moneykit_async._auth import TokenManager
+from moneykit_async._auth import FORCED_REFRESH_INTERVAL, TokenManager
 
 
 class Clock:
@@ -143,14 +143,38 @@ async def test_a_failed_refresh_whose_waiters_all_left_is_not_reported_as_unretr
     # loop_errors then collects garbage and fails on any "Task exception was never retrieved"
 
 
-async def test_invalidate_drops_only_the_rejected_token(mint: Mint, clock: Clock) -> None:
+async def test_a_refusal_drops_only_the_refused_token(mint: Mint, clock: Clock) -> None:
     tokens = manager(mint, clock)
     old = await tokens.get()
-    tokens.invalidate(old)
+    assert tokens.rejected(old)
     new = await tokens.get()
-    tokens.invalidate(old)  # a late report about the old token must not discard the new one
-    assert await tokens.get() is new
+    assert tokens.rejected(old)  # a late report about the old token replays with the new one ...
+    assert await tokens.get() is new  # ... and does not discard it
     assert mint.calls == 2
+
+
+async def test_refusals_force_a_new_token_at_most_once_per_interval(mint: Mint, clock: Clock) -> None:
+    tokens = manager(mint, clock)
+    first = await tokens.get()
+    assert tokens.rejected(first)
+    second = await tokens.get()
+    clock.now += FORCED_REFRESH_INTERVAL / 2
+    assert not tokens.rejected(second)  # refused again so soon: the client is at fault, no mint storm
+    assert await tokens.get() is second
+    clock.now += FORCED_REFRESH_INTERVAL
+    assert tokens.rejected(second)
+    assert (await tokens.get()).access_token == "token-3"
+
+
+async def test_refresh_mints_a_new_token_whatever_its_expiry(mint: Mint, clock: Clock) -> None:
+    tokens = manager(mint, clock)
+    first = await tokens.get()
+    racing = [asyncio.create_task(tokens.refresh()) for _ in range(10)]
+    fresh = {(await task).access_token for task in racing}
+    assert first.access_token == "token-1" and fresh == {"token-2"}  # one mint for all ten
+    assert await tokens.get() is racing[0].result()
+    with pytest.raises(MissingCredentialsError, match="client_id and client_secret"):
+        await TokenManager(None, initial=first).refresh()
 
 
 @pytest.mark.parametrize("make_hook", ["sync", "async"])
@@ -239,7 +263,7 @@ async def test_a_static_token_is_served_and_never_refreshed(clock: Clock) -> Non
     tokens = TokenManager(None, initial=static, clock=clock)
     clock.now += 1e9
     assert await tokens.get() is static
-    tokens.invalidate(static)
+    assert not tokens.rejected(static)
     assert await tokens.get() is static
     assert not tokens.can_refresh
 
