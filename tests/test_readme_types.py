@@ -6,13 +6,19 @@ they do in an application), after a prelude that declares the names the README l
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
 import textwrap
+from asyncio.subprocess import PIPE
 from pathlib import Path
 
 import pytest
+
+from moneykit_async.testing import FakeMoneyKit
+
+from .helpers import clean_env
 
 ROOT = Path(__file__).resolve().parent.parent
 FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
@@ -88,3 +94,19 @@ def test_the_check_would_catch_a_result_used_without_narrowing(tmp_path: Path) -
         check=False,
     )
     assert done.returncode == 1 and 'Item "None" of "AccessTokenDetails | None" has no attribute' in done.stdout
+
+
+async def test_the_quickstart_runs_as_written(fake: FakeMoneyKit, tmp_path: Path) -> None:
+    quickstart = readme_snippets()[0]
+    assert "asyncio.run(" in quickstart  # a whole program, not a fragment
+    (tmp_path / "quickstart.py").write_text(quickstart)
+    env = clean_env(
+        MONEYKIT_BASE_URL=fake.base_url, MONEYKIT_CLIENT_ID=fake.client_id, MONEYKIT_CLIENT_SECRET=fake.client_secret
+    )
+    for token, expected in ((fake.mint_token(), f"valid: {fake.client_id}"), ("garbage", "rejected: api_error")):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "quickstart.py", token, cwd=tmp_path, env=env, stdout=PIPE, stderr=PIPE
+        )
+        out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+        assert process.returncode == 0, err.decode()
+        assert expected in out.decode() and fake.client_id in out.decode().splitlines()[0]
