@@ -6,12 +6,15 @@ async with MoneyKitSession(client_id=..., client_secret=...) as mk:
 
 import logging
 
+from ._admission import Admission, AdmissionPolicy, AdmissionStats
 from ._batch import BatchResults, IntrospectionFailed, IntrospectionOk, IntrospectionResult
 from ._cache import IntrospectionCache
 from ._config import Timeout
 from ._errors import (
+    AdmissionError,
     APIError,
     AuthenticationError,
+    CallerOverBudgetError,
     ClientDisabledError,
     ConfigurationError,
     ExpiredAccessTokenError,
@@ -26,6 +29,7 @@ from ._errors import (
     SessionClosedError,
     TokenRefreshError,
     TransportError,
+    UnknownTokensThrottledError,
     UsageError,
 )
 from ._events import (
@@ -50,9 +54,14 @@ __all__ = [
     "APIError",
     "AccessToken",
     "AccessTokenDetails",
+    "Admission",
+    "AdmissionError",
+    "AdmissionPolicy",
+    "AdmissionStats",
     "App",
     "AuthenticationError",
     "BatchResults",
+    "CallerOverBudgetError",
     "CallFinished",
     "CallStarted",
     "ClientDisabledError",
@@ -88,6 +97,7 @@ __all__ = [
     "TokenStore",
     "Transport",
     "TransportError",
+    "UnknownTokensThrottledError",
     "UsageError",
     "__version__",
     "fingerprint",

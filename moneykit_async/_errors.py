@@ -15,6 +15,9 @@
     │   └── RequestTimeoutError        the call's deadline passed (also a TimeoutError)
     ├── ResponseValidationError        the answer was not the JSON we expected
     ├── ClientDisabledError            batch results: the token's client is disabled
+    ├── AdmissionError                 a token was refused before any MoneyKit call (`Admission`)
+    │   ├── CallerOverBudgetError      its caller had too many tokens refused by MoneyKit (a 429)
+    │   └── UnknownTokensThrottledError    unknown tokens used their share of MoneyKit's rate (a 503)
     └── TokenRefreshError              the session could not obtain its own token (cause chained)
         └── MissingCredentialsError    ... because it has no credentials (also a ConfigurationError)
 
@@ -29,6 +32,9 @@ from typing import Any, ClassVar
 
 __all__ = [
     "APIError",
+    "AdmissionError",
+    "CallerOverBudgetError",
+    "UnknownTokensThrottledError",
     "AuthenticationError",
     "ClientDisabledError",
     "ConfigurationError",
@@ -205,6 +211,29 @@ class ClientDisabledError(MoneyKitError):
     def __init__(self, disabled_at: object) -> None:
         self.disabled_at = disabled_at
         super().__init__(f"the token's client was disabled at {disabled_at}; it can no longer be used")
+
+
+class AdmissionError(MoneyKitError):
+    """A token was refused before any MoneyKit call (see `Admission`); `retry_after` is in seconds."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_admission_error, (type(self), str(self), self.retry_after))
+
+
+def _rebuild_admission_error(cls: type[AdmissionError], message: str, retry_after: float) -> AdmissionError:
+    return cls(message, retry_after=retry_after)
+
+
+class CallerOverBudgetError(AdmissionError):
+    """The caller presented too many tokens that MoneyKit refused; it may try again after `retry_after`."""
+
+
+class UnknownTokensThrottledError(AdmissionError):
+    """Unknown tokens have used their share of MoneyKit's rate limit; try again after `retry_after`."""
 
 
 class TokenRefreshError(MoneyKitError):
