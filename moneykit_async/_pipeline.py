@@ -97,12 +97,14 @@ class Pipeline:
         self._paused_by = 503  # the status that asked for the pause
         self.loop: asyncio.AbstractEventLoop | None = None  # the loop of the last call
         self.closed = False
-        self._closing: asyncio.Future[None] | None = None  # done once close() has started
         # The schedules that the slots callers wait for were booked in: this process's (the rate's epoch)
         # and the fleet's (its generation). A new one voids those slots (see `_void_slots`).
         self._local_epoch = 0
         self._fleet_epoch = 0
-        self._slots_void: asyncio.Future[None] | None = None  # done when the slots booked so far are void
+        # Every call sleeping out a wait: its own future, and whether it waits for a send slot. One future
+        # each (not one shared by all): a shared future walks all its waiters' callbacks whenever one of
+        # them stops waiting, which is quadratic in a flood of waiting callers.
+        self._sleepers: dict[asyncio.Future[bool], bool] = {}
 
     def url(self, path: str) -> URL:
         """The absolute URL of an endpoint's `path` (joined once, then reused)."""
@@ -114,8 +116,8 @@ class Pipeline:
     def close(self) -> None:
         """Stop: calls sleeping out a wait, and every call's next step, raise SessionClosedError."""
         self.closed = True
-        if self._closing is not None and not self._closing.done():
-            self._closing.set_result(None)
+        for sleeper in list(self._sleepers):
+            _wake(sleeper, False)
 
     async def call(
         self,
@@ -351,20 +353,20 @@ class Pipeline:
     async def sleep(self, seconds: float, slot: bool = False) -> bool:
         """Sleep `seconds`, unless close() runs first: then SessionClosedError, at once. Waiting for a
         `slot` of a send schedule, also wake at once when that slot is void; returns whether it was."""
-        closing = self._closing
-        if closing is None:
-            closing = self._closing = self.transport.bind().create_future()
-        void = None
-        if slot:
-            void = self._slots_void
-            if void is None:
-                void = self._slots_void = self.transport.bind().create_future()
-            await asyncio.wait((closing, void), timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        else:
-            await asyncio.wait((closing,), timeout=seconds)
         if self.closed:
             raise SessionClosedError(CLOSED_IN_FLIGHT)
-        return void is not None and void.done()
+        loop = self.transport.bind()
+        sleeper: asyncio.Future[bool] = loop.create_future()
+        self._sleepers[sleeper] = slot
+        timer = loop.call_later(seconds, _wake, sleeper, False)
+        try:
+            voided = await sleeper
+        finally:
+            timer.cancel()
+            del self._sleepers[sleeper]
+        if self.closed:
+            raise SessionClosedError(CLOSED_IN_FLIGHT)
+        return voided
 
     async def until_unpaused(self) -> None:
         """Wait out a session-wide pause, however long (a batch: its tokens' deadlines start after it)."""
@@ -390,9 +392,9 @@ class Pipeline:
     def _void_slots(self) -> None:
         """A schedule was laid again: wake every call waiting for a slot, in the order they booked, to
         book again. Slots booked at the old rate must not go out after a cut."""
-        void, self._slots_void = self._slots_void, None
-        if void is not None:
-            void.set_result(None)
+        for sleeper, slot in list(self._sleepers.items()):  # in the order they booked
+            if slot:
+                _wake(sleeper, True)
 
     def _rate_changed(self, rate: float) -> None:
         # This process's cut voids the slots of its own schedule, when that is the one in use; a fleet's
@@ -417,6 +419,11 @@ class Pipeline:
             raise ServerError(status=self._paused_by, error_message=message, retry_after=wait)
         logger.debug("waiting %.3f s: MoneyKit paused this session", wait)
         await self.sleep(wait)
+
+
+def _wake(sleeper: asyncio.Future[bool], voided: bool) -> None:
+    if not sleeper.done():
+        sleeper.set_result(voided)
 
 
 def _paced_out(wait: float) -> RateLimitError:
