@@ -72,6 +72,18 @@ def unused_port() -> int:
     return port
 
 
+_REDIS_SKIPPED: list[bool] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say loudly, at the end, that the fleet tests did not run: a skip line is easy to miss."""
+    if _REDIS_SKIPPED:
+        terminalreporter.write_sep(
+            "!", "redis-server is not installed: the fleet tests (RedisTokenStore, arq) were SKIPPED", red=True
+        )
+        terminalreporter.write_line("Install it (apt-get install redis-server) and run make test again; CI runs them.")
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[str]:
     """A real redis-server on a free loopback port for the session (CI installs it: .ci/run)."""
@@ -85,6 +97,7 @@ def redis_server() -> Iterator[str]:
     if binary is None:
         if os.environ.get("MONEYKIT_REQUIRE_REDIS"):
             pytest.fail("redis-server is required (MONEYKIT_REQUIRE_REDIS is set) but not installed")
+        _REDIS_SKIPPED.append(True)
         pytest.skip("redis-server is not installed (CI installs it; apt-get install redis-server)")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
