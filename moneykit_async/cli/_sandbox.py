@@ -27,11 +27,11 @@ from typing import Any, TextIO
 import aiohttp
 from yarl import URL
 
-from .._config import is_loopback
+from .._config import is_loopback, redact_url
 from .._errors import InvalidInputError, TransportError, UsageError
 from .._models import fingerprint
 from ..testing import ADMIN_PREFIX, FakeMoneyKit
-from ..testing._fake import MAX_LIFETIME
+from ..testing._fake._admin import MAX_LIFETIME, MAX_MINT
 from ._exit import EXIT_OK
 from ._input import token_from_stdin
 
@@ -85,7 +85,7 @@ def _target_options() -> argparse.ArgumentParser:
     return common
 
 
-def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(commands: argparse._SubParsersAction[Any]) -> None:  # Any: the parser may be a subclass
     """Add `sandbox` and its subcommands to the top-level parser's `commands`."""
     sandbox = commands.add_parser(
         "sandbox",
@@ -98,11 +98,20 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _serve_options(actions.add_parser("serve", help="run the sandbox (the default)"), defaults=False)
     common = _target_options()
 
-    mint = actions.add_parser("mint", parents=[common], help="issue a token; prints it (or JSON with --json)")
+    mint = actions.add_parser(
+        "mint", parents=[common], help="issue a token (or --count N tokens); prints one a line (or JSON with --json)"
+    )
     mint.add_argument("--client-id", help="whose token (default: the demo client)")
     mint.add_argument("--scope", help="its scope (default: the client's)")
     mint.add_argument("--expires-in", type=int, metavar="SECONDS", help="its lifetime (default: the sandbox's)")
-    mint.add_argument("--json", action="store_true", help="print {access_token, token_type, expires_in}")
+    mint.add_argument(
+        "--count", type=int, metavar="N", help=f"issue N tokens in one call (1 to {MAX_MINT}), printed one a line"
+    )
+    mint.add_argument(
+        "--json",
+        action="store_true",
+        help="print {access_token, token_type, expires_in} ({access_tokens: [...], ...} with --count)",
+    )
 
     for name, what in (("revoke", "revoke a token (introspection then answers 401)"), ("expire", "expire a token")):
         command = actions.add_parser(name, parents=[common], help=what)
@@ -142,6 +151,9 @@ def validate(args: argparse.Namespace) -> None:
             raise UsageError(
                 f"--token-lifetime must be from 1 to {MAX_LIFETIME} seconds (10 years) (got {args.token_lifetime})"
             )
+    elif command == "mint":
+        if args.count is not None and args.count < 1:
+            raise UsageError(f"--count must be at least 1 (got {args.count})")
     elif command == "fault":
         if args.status is None and not args.delay and not args.disconnect:
             raise UsageError("sandbox fault needs --status N, --delay SECONDS or --disconnect")
@@ -171,15 +183,16 @@ def _is_this_machine(host: str) -> bool:
         return False
 
 
-def write_state(path: str, state: Mapping[str, Any]) -> None:
-    """Write `state` as JSON to `path`, readable by its owner only, atomically (a reader never sees half)."""
+def write_state(path: str, state: Mapping[str, Any]) -> str:
+    """Write `state` as JSON to `path`, readable by its owner only, atomically (a reader never sees half);
+    returns the text written, for `remove_state`."""
     directory = os.path.dirname(os.path.abspath(path))
+    text = json.dumps(state, indent=2) + "\n"
     try:
         fd, temporary = tempfile.mkstemp(prefix=".moneykit-sandbox-", dir=directory)  # mode 0600
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as stream:
-                json.dump(state, stream, indent=2)
-                stream.write("\n")
+                stream.write(text)
             os.replace(temporary, path)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -187,14 +200,28 @@ def write_state(path: str, state: Mapping[str, Any]) -> None:
             raise
     except OSError as exc:
         raise UsageError(f"cannot write the --state-file {path}: {exc.strerror or exc}") from None
+    return text
 
 
-async def serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """Run the sandbox until SIGINT or SIGTERM."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # first: a signal sent once anything is printed stops cleanly
-        loop.add_signal_handler(sig, stop.set)
+def remove_state(path: str, written: str) -> None:
+    """Remove the state file at `path` if it still holds `written` (what this sandbox wrote, its random
+    secret included): a sandbox started later with the same --state-file has replaced it and owns it now.
+    (Another sandbox could still replace it between the read and the unlink: a window of microseconds.)"""
+    with contextlib.suppress(OSError):
+        with open(path, encoding="utf-8") as stream:
+            if stream.read() != written:
+                return
+        os.unlink(path)
+
+
+async def serve(args: argparse.Namespace, out: TextIO, err: TextIO, *, stop: asyncio.Event | None = None) -> int:
+    """Run the sandbox until SIGINT or SIGTERM, or until `stop` is set if one is given (then no signal
+    handler is installed: for running sandboxes inside another program, e.g. a test)."""
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # first: a signal sent once anything is printed stops cleanly
+            loop.add_signal_handler(sig, stop.set)
     async with FakeMoneyKit(
         host=args.host, port=args.port, token_lifetime=args.token_lifetime, admin=args.admin
     ) as fake:
@@ -211,8 +238,7 @@ async def serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             "admin_url": admin_url,
             "pid": os.getpid(),
         }
-        if args.state_file:
-            write_state(args.state_file, state)
+        written = write_state(args.state_file, state) if args.state_file else None
         try:
             out.write(
                 f"MoneyKit sandbox (offline) listening at {fake.base_url}\n"
@@ -230,9 +256,8 @@ async def serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             out.flush()
             await stop.wait()
         finally:
-            if args.state_file:
-                with contextlib.suppress(OSError):
-                    os.unlink(args.state_file)
+            if written is not None:
+                remove_state(args.state_file, written)
     out.write("sandbox stopped\n")
     return EXIT_OK
 
@@ -268,8 +293,8 @@ def sandbox_url(args: argparse.Namespace) -> str:
 
 
 def _admin_base(base_url: str) -> tuple[URL, str]:
-    """`base_url` checked for admin calls, and as shown in messages (without user info or query)."""
-    wrong = f"--base-url must be an http(s) URL such as http://127.0.0.1:8765 (got {base_url!r})"
+    """`base_url` checked for admin calls, and as shown in messages (its password masked, no query)."""
+    wrong = f"--base-url must be an http(s) URL such as http://127.0.0.1:8765 (got {redact_url(base_url)!r})"
     try:
         url = URL(base_url)
         host = url.host
@@ -277,7 +302,7 @@ def _admin_base(base_url: str) -> tuple[URL, str]:
         raise UsageError(wrong) from None
     if url.scheme not in ("http", "https") or not host:
         raise UsageError(wrong)
-    shown = str(url.with_user(None).with_query(None).with_fragment(None))
+    shown = redact_url(url.with_query(None).with_fragment(None))
     if url.scheme == "http" and not _is_this_machine(host):
         # The sandbox listens on loopback; plain http to another machine is MoneyKit or a mistake, and
         # anyone on the way could read or rewrite the calls.
@@ -341,25 +366,32 @@ async def admin_call(
                         "or --state-file"
                     )
             status, data = await _request(http, url, method, path, body)
+            refused = _refusal(status, data)
+            if refused is not None and not refused[0].startswith("sandbox_error.") and not sandbox_first:
+                # A MoneyKit-shaped refusal (a scope wider than the client's, refused as /auth/token
+                # refuses it) is the sandbox's only if the URL answers like one: MoneyKit itself refuses so.
+                probe = await _request(http, url, "GET", "", None)
+                if not _answers_like_a_sandbox(*probe, method, path):
+                    refused = None
     except (aiohttp.ClientError, TimeoutError) as exc:
         reason = "no answer within 30 s" if isinstance(exc, TimeoutError) else type(exc).__name__
         raise TransportError(
             f"cannot reach the sandbox at {shown} ({reason}); start one with `moneykit-async sandbox` "
             "or pass the right --base-url"
         ) from None
-    if not isinstance(data, dict):
-        raise _not_a_sandbox(shown, status, path)
-    if not 200 <= status < 300:
-        code, message = data.get("error_code"), data.get("error_message")
-        if (
-            400 <= status < 500
-            and isinstance(code, str)
-            and code.startswith("sandbox_error.")
-            and isinstance(message, str)
-        ):
-            raise InvalidInputError(f"the sandbox refused: {message}")
+    if refused is not None:
+        raise InvalidInputError(f"the sandbox refused: {refused[1]}")
+    if not isinstance(data, dict) or not 200 <= status < 300:
         raise _not_a_sandbox(shown, status, path)
     return data
+
+
+def _refusal(status: int, data: Any) -> tuple[str, str] | None:
+    """(error_code, error_message) of a 4xx answer with an error body, else None."""
+    if not 400 <= status < 500 or not isinstance(data, dict):
+        return None
+    code, message = data.get("error_code"), data.get("error_message")
+    return (code, message) if isinstance(code, str) and isinstance(message, str) else None
 
 
 def _given(**fields: Any) -> dict[str, Any]:
@@ -373,9 +405,10 @@ async def _client_command(command: str, args: argparse.Namespace, out: TextIO, t
             base_url,
             "POST",
             "tokens",
-            _given(client_id=args.client_id, scope=args.scope, expires_in=args.expires_in),
+            _given(client_id=args.client_id, scope=args.scope, expires_in=args.expires_in, count=args.count),
         )
-        out.write((json.dumps(minted) if args.json else str(minted["access_token"])) + "\n")
+        tokens = minted["access_tokens"] if args.count is not None else [minted["access_token"]]
+        out.write(json.dumps(minted) + "\n" if args.json else "".join(f"{token}\n" for token in tokens))
     elif command in ("revoke", "expire"):
         assert token is not None
         await admin_call(base_url, "POST", f"tokens/{command}", {"access_token": token}, sandbox_first=True)

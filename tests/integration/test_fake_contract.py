@@ -322,6 +322,29 @@ def test_the_old_400_code_would_not_have_validated() -> None:
         APIErrorAuthUnauthorizedResponse.from_json(body)
 
 
+async def test_the_admin_api_refuses_a_scope_too_wide_as_the_token_endpoint_does(
+    fake: FakeMoneyKit, http: aiohttp.ClientSession
+) -> None:
+    wide = "institutions:read payments:write"
+    answer = await send(http, fake.base_url, Ask("POST", TOKEN, form=client_form(fake, scope=wide)))
+    async with http.post(fake.base_url + "/_sandbox/tokens", json={"scope": wide}) as response:
+        admin = Answer(TOKEN, response.status, CIMultiDict(response.headers), await response.text())
+    assert (
+        (admin.status, json.loads(admin.text))
+        == (answer.status, json.loads(answer.text))
+        == (
+            400,
+            {
+                "error_code": UNAUTHORIZED,
+                "error_message": "Requested scope exceeds the client's scope (not granted: payments:write).",
+                "documentation_url": "https://docs.moneykit.com",
+            },
+        )
+    )
+    assert error_code_of(validate(admin)) == UNAUTHORIZED  # what the official client makes of it
+    assert fake.issued_tokens == []
+
+
 def introspect_officially(base_url: str, token: str) -> AppClientResponse:
     config = moneykit.Configuration(host=base_url, access_token=token)
     with moneykit.ApiClient(config) as client:

@@ -96,6 +96,17 @@ def test_the_default_keys_are_real_public_keys() -> None:
         assert key["use"] == "sig" and "d" not in key  # public halves only
 
 
+def test_the_rate_limit_reads_back_as_it_was_set() -> None:
+    fake = FakeMoneyKit()
+    assert fake.rate_limit is None
+    fake.limit_rate(2.5, burst=3, retry_after=1)
+    assert fake.rate_limit == (2.5, 3, 1)
+    fake.limit_rate(10)
+    assert fake.rate_limit == (10, 100, None)
+    fake.limit_rate(None)
+    assert fake.rate_limit is None
+
+
 async def test_recorded_requests_keep_what_was_sent_and_redact_it_for_display(fake: FakeMoneyKit) -> None:
     async with MoneyKitSession(
         base_url=fake.base_url, client_id=fake.client_id, client_secret=fake.client_secret

@@ -5,21 +5,24 @@ with JSON bodies (aiohttp here, not the SDK, and curl for the README's session),
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import shutil
 import signal
 import stat
 from argparse import Namespace
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from moneykit_async import InvalidInputError, UsageError, fingerprint
-from moneykit_async.cli._sandbox import admin_call, sandbox_url, write_state
-from moneykit_async.testing import FakeMoneyKit, Fault
+from moneykit_async import InvalidInputError, MoneyKitError, UsageError, fingerprint
+from moneykit_async.cli import main
+from moneykit_async.cli._sandbox import admin_call, sandbox_url, serve, write_state
+from moneykit_async.testing import FakeMoneyKit, Fault, error_body
 
 from ..helpers import CLI, clean_env
 
@@ -176,12 +179,18 @@ async def test_recorded_requests_are_listed_redacted_and_cleared(
     fake: FakeMoneyKit, http: aiohttp.ClientSession
 ) -> None:
     token = fake.mint_token()
+    before = datetime.now(UTC)
     await introspect(http, fake, token)
     form = {"grant_type": "client_credentials", "client_id": fake.client_id, "client_secret": fake.client_secret}
     async with http.post(fake.base_url + "/auth/token", data=form) as response:
         issued = (await response.json())["access_token"]
+    after = datetime.now(UTC)
     status, listed = await admin(http, fake, "GET", "requests")
     assert status == 200 and [r["path"] for r in listed["requests"]] == [INTROSPECT, "/auth/token"]
+    for shown in listed["requests"]:  # the wall clock in UTC, meaningful outside the sandbox's process
+        at = datetime.fromisoformat(shown["at"])
+        assert at.utcoffset() == timedelta(0) and before - timedelta(seconds=1) <= at <= after + timedelta(seconds=1)
+    assert [r.received_at.isoformat() for r in fake.requests] == [r["at"] for r in listed["requests"]]
     text = json.dumps(listed)
     assert token not in text and fake.client_secret not in text and issued not in text
     assert listed["requests"][0]["headers"]["Authorization"] == f"Bearer [redacted, fingerprint {fingerprint(token)}]"
@@ -208,8 +217,12 @@ async def test_recorded_requests_are_listed_redacted_and_cleared(
             "tokens",
             {"bogus": 1},
             400,
-            "unknown field(s) bogus; this endpoint takes client_id, scope, expires_in",
+            "unknown field(s) bogus; this endpoint takes client_id, scope, expires_in, count",
         ),
+        ("POST", "tokens", {"count": 0}, 400, "count must be an integer from 1 to 100000 (got 0)"),
+        ("POST", "tokens", {"count": 100_001}, 400, "count must be an integer from 1 to 100000 (got 100001)"),
+        ("POST", "tokens", {"count": 10**400}, 400, "count must be an integer from 1 to 100000 (got 1"),
+        ("POST", "tokens", {"count": 2.5}, 400, "count must be an integer from 1 to 100000 (got 2.5)"),
         ("POST", "tokens", b"not json", 400, "the body must be a JSON object"),
         ("POST", "tokens", b"[1, 2]", 400, "the body must be a JSON object, not list"),
         ("POST", "tokens", b"[" * 100_000, 400, "the body must be a JSON object"),  # RecursionError
@@ -669,3 +682,151 @@ async def test_plain_http_goes_only_to_this_machine(no_leaked_tasks: None) -> No
 async def test_the_token_lifetime_of_the_sandbox_is_bounded(no_leaked_tasks: None) -> None:
     code, out, err = await cli("sandbox", "--token-lifetime", str(10**400))
     assert (code, out) == (2, "") and "--token-lifetime must be from 1 to 315360000 seconds" in err
+
+
+# -- minting: scopes, many tokens at once ----------------------------------------------------------------
+
+
+async def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """`moneykit-async ARGV` in this process, as (status, stdout, stderr): in a thread, since it runs its
+    own event loop, while this one serves the fakes (fewer subprocesses on a shared machine)."""
+    capsys.readouterr()
+    code = await asyncio.to_thread(main, list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+async def test_many_tokens_are_minted_in_one_call(fake: FakeMoneyKit, http: aiohttp.ClientSession) -> None:
+    status, minted = await admin(http, fake, "POST", "tokens", {"count": 3, "expires_in": 60})
+    assert status == 201 and set(minted) == {"access_tokens", "token_type", "expires_in"}
+    assert (minted["token_type"], minted["expires_in"]) == ("bearer", 60)
+    tokens = minted["access_tokens"]
+    assert len(set(tokens)) == 3 and sorted(tokens) == sorted(fake.issued_tokens)
+    assert [(await introspect(http, fake, token))[0] for token in tokens] == [200] * 3
+
+
+@pytest.mark.slow
+async def test_sandbox_mint_count_prints_twenty_thousand_tokens_that_introspect(
+    fake: FakeMoneyKit, http: aiohttp.ClientSession, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = await run_main(capsys, "sandbox", "mint", "--count", "20000", "--base-url", fake.base_url)
+    tokens = out.splitlines()
+    assert (code, err, len(tokens), len(set(tokens))) == (0, "", 20_000, 20_000)
+    for start in range(0, len(tokens), 500):
+        answers = await asyncio.gather(*(introspect(http, fake, token) for token in tokens[start : start + 500]))
+        assert {(status, details["client_id"]) for status, details in answers} == {(200, fake.client_id)}
+    assert fake.count() == 20_000  # the introspections: the admin call is not MoneyKit traffic
+
+
+async def test_sandbox_mint_count_and_its_bounds(fake: FakeMoneyKit, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = await run_main(capsys, "sandbox", "mint", "--count", "2", "--json", "--base-url", fake.base_url)
+    assert code == 0 and sorted(json.loads(out)["access_tokens"]) == sorted(fake.issued_tokens), err
+    code, out, err = await run_main(capsys, "sandbox", "mint", "--count", "0", "--base-url", fake.base_url)
+    assert (code, out) == (2, "") and "--count must be at least 1 (got 0)" in err
+    code, out, err = await run_main(capsys, "sandbox", "mint", "--count", "100001", "--base-url", fake.base_url)
+    assert (code, out) == (2, "") and "the sandbox refused: count must be an integer from 1 to 100000" in err
+    assert len(fake.issued_tokens) == 2
+
+
+async def test_a_scope_wider_than_the_clients_is_refused(
+    fake: FakeMoneyKit, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The answer itself is compared with /auth/token's in test_fake_contract.py.
+    wide = "institutions:read payments:write"
+    code, out, err = await run_main(capsys, "sandbox", "mint", "--scope", wide, "--base-url", fake.base_url)
+    assert (code, out) == (2, "") and len(err.splitlines()) == 1
+    assert "the sandbox refused: Requested scope exceeds the client's scope (not granted: payments:write)" in err
+    code, out, err = await run_main(
+        capsys, "sandbox", "mint", "--scope", "institutions:read", "--count", "2", "--base-url", fake.base_url
+    )
+    assert code == 0 and len(out.splitlines()) == 2 and len(fake.issued_tokens) == 2, err
+    async with FakeMoneyKit(admin=False) as moneykit:  # the same answer from a server that is not a sandbox
+        refusal = error_body(400, "api_error.auth.unauthorized", "Requested scope exceeds the client's scope.")
+        moneykit.inject(ADMIN + "tokens", Fault(status=400, json=refusal))
+        code, _, err = await run_main(capsys, "sandbox", "mint", "--scope", wide, "--base-url", moneykit.base_url)
+        assert code == 2 and "did not answer as a moneykit-async sandbox (HTTP 400 on /_sandbox/tokens)" in err
+        assert [r.path for r in moneykit.requests] == [ADMIN + "tokens", ADMIN]  # the call, then the probe
+
+
+# -- URL passwords, shared state files -------------------------------------------------------------------
+
+URL_SUBCOMMANDS = (
+    ["mint"],
+    ["revoke", "{token}"],
+    ["expire", "{token}"],
+    ["disable"],
+    ["fault", "--status", "503"],
+    ["clear-faults"],
+    ["add-client"],
+    ["requests"],
+)
+
+
+@pytest.mark.parametrize("given", ["MONEYKIT_BASE_URL", "--base-url", "--state-file"])
+async def test_no_sandbox_subcommand_prints_a_url_password(
+    fake: FakeMoneyKit,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    unused_port: int,
+    tmp_path: Path,
+    given: str,
+) -> None:
+    targets = {  # the URL, the exit status
+        f"htps://admin:hunter2@127.0.0.1:{fake.port}": 2,  # a typo in the scheme
+        f"http://admin:hunter2@127.0.0.1:{unused_port}": 6,  # nothing listens there
+        f"http://admin:hunter2@127.0.0.1:{fake.port}": 0,
+    }
+    for url, expected in targets.items():
+        located: list[str] = []
+        if given == "MONEYKIT_BASE_URL":
+            monkeypatch.setenv("MONEYKIT_BASE_URL", url)
+        elif given == "--base-url":
+            located = ["--base-url", url]
+        else:
+            write_state(str(tmp_path / "state.json"), {"base_url": url})
+            located = ["--state-file", str(tmp_path / "state.json")]
+        if expected:  # the error itself, not only the line the command line prints for it
+            with pytest.raises(MoneyKitError) as raised:
+                await admin_call(url, "POST", "tokens", {})
+            assert "hunter2" not in str(raised.value) and "***@127.0.0.1" in str(raised.value)
+        for subcommand in URL_SUBCOMMANDS:
+            argv = [part.format(token=fake.mint_token()) for part in subcommand]
+            code, out, err = await run_main(capsys, "sandbox", *argv, *located)
+            assert code == expected, (url, argv, err)
+            assert "hunter2" not in out + err, (url, argv)
+            assert expected == 0 or "***@127.0.0.1" in err  # still shown, password masked
+
+
+async def test_a_sandbox_removes_only_the_state_file_it_still_owns(no_leaked_tasks: None, tmp_path: Path) -> None:
+    state_file = tmp_path / "sandbox.json"
+    args = Namespace(host="127.0.0.1", port=0, token_lifetime=3600, admin=True, state_file=str(state_file))
+
+    async def start(stop: asyncio.Event) -> asyncio.Task[int]:
+        out = io.StringIO()
+        running = asyncio.create_task(serve(args, out, io.StringIO(), stop=stop))
+        async with asyncio.timeout(30):
+            while "Press Ctrl-C to stop." not in out.getvalue():
+                assert not running.done(), out.getvalue()
+                await asyncio.sleep(0.01)
+        return running
+
+    first_stop, second_stop = asyncio.Event(), asyncio.Event()
+    first = await start(first_stop)
+    try:
+        first_url = json.loads(state_file.read_text())["base_url"]
+        second = await start(second_stop)  # the same --state-file: it now points at the second sandbox
+        try:
+            second_state = state_file.read_text()
+            second_url = json.loads(second_state)["base_url"]
+            assert second_url != first_url
+            first_stop.set()
+            assert await first == 0
+            assert state_file.read_text() == second_state  # the first left the second's file alone
+            assert (await admin_call(second_url, "GET", ""))["base_url"] == second_url  # and it still runs
+        finally:
+            second_stop.set()
+            assert await second == 0
+    finally:
+        first_stop.set()
+        await first
+    assert not state_file.exists()  # the second's own file, removed on exit
