@@ -258,7 +258,7 @@ def refresh_error(cause: MoneyKitError) -> TokenRefreshError:
             "and that they belong to this environment's base URL"
         )
     elif isinstance(cause, TransportError):
-        advice = "MoneyKit could not be reached: check the network and the base URL, then retry"
+        return TokenRefreshError(f"could not obtain the session's access token: {cause}")  # it says what to do
     elif isinstance(cause, RateLimitError):
         advice = "MoneyKit is rate-limiting this client: retry later, or request tokens less often"
     elif isinstance(cause, APIError):

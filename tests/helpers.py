@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import os
+import signal
 import sys
 from collections.abc import Mapping
 
@@ -101,3 +104,22 @@ async def run_cli(
     out, err = await asyncio.wait_for(process.communicate(stdin or b""), timeout=60)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
+
+
+def run_main(*args: str) -> tuple[int, str, str]:
+    """`moneykit-async ARGS` in this process, without a subprocess to start: its exit status, stdout and
+    stderr. Only for runs that end before any event loop (argument and setting checks); the settings
+    come from this process's environment (MONEYKIT_* are cleared for each test: set them with monkeypatch)."""
+    from moneykit_async.cli import main  # here: most test modules never need the command line
+
+    out, err = io.StringIO(), io.StringIO()
+    sigint = signal.getsignal(signal.SIGINT)  # in case a run got as far as the CLI's Ctrl-C handling
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse's own errors
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+    return code, out.getvalue(), err.getvalue()

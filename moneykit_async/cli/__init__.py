@@ -12,7 +12,7 @@ and MONEYKIT_BASE_URL; --base-url overrides the last. Tokens and secrets are nev
 excepted). Pass tokens on standard input, not as arguments: other users can read a process's arguments
 (ps, shell history).
 
-Modules, each importing only those listed before it: `_exit` (exit statuses), `_input` (reading tokens),
+Modules, each importing only those listed before it: `_exit` (exit statuses, error lines), `_input` (reading tokens),
 `_check` (check, progress), `_demo`, `_sandbox`, `_main` (the parser and `main`). No module of the library
 outside this package imports it.
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import stat
 import sys
@@ -14,14 +15,16 @@ from typing import Any, TextIO
 
 from .._errors import UsageError
 from .._records import json_line, outcome_of, result_json
+from .._retry import DEFAULT_THROTTLE_TIMEOUT
 from .._session import MoneyKitSession
 from ._exit import EXIT_INVALID, EXIT_OK
-from ._input import read_tokens
+from ._input import Place, read_tokens
 
 __all__ = [
     "DEFAULT_ARQ_TIMEOUT",
     "DEFAULT_CHUNK_BYTES",
     "DEFAULT_CONCURRENCY",
+    "DEFAULT_THROTTLE_TIMEOUT",
     "ChunkProgress",
     "Progress",
     "check_status",
@@ -36,13 +39,24 @@ DEFAULT_ARQ_TIMEOUT = 3600.0
 
 
 class Progress:
-    """A progress line on stderr when it is a terminal: tqdm if installed (the `cli` extra), else plain."""
+    """A progress line on stderr when it is a terminal: tqdm if installed (the `cli` extra), else plain.
 
-    def __init__(self, stream: TextIO) -> None:
+    It counts tokens checked against tokens found so far (the reader runs ahead of the checks, so
+    bytes read say nothing about tokens checked). The share done, and so the ETA, is how far into the
+    input the last checked token is: for a file, its position against the file's size; for other
+    input, its count against all the tokens, once they are all read. Results come in input order, so
+    the share never goes back, and it is 100 % only once the last token is checked.
+    """
+
+    def __init__(self, stream: TextIO, size: int | None = None) -> None:
         self._stream = stream
+        self._size = size
         self._enabled = stream.isatty()
         self._started = time.monotonic()
         self._last = 0.0
+        self._width = 0
+        self._found = 0
+        self._done = False
         self._bar: Any = None
         if self._enabled:
             with contextlib.suppress(ImportError):
@@ -50,33 +64,61 @@ class Progress:
 
                 self._bar = tqdm(file=stream, unit=" tokens", dynamic_ncols=True, leave=False)
 
-    def update(self, checked: int, fraction: float | None, send_rate: float | None = None, throttled: int = 0) -> None:
-        """Redraw (at most 5 times a second): tokens checked, rate, ETA, and MoneyKit's throttling."""
+    def read(self, found: int, done: bool) -> None:
+        """The reader's news (see read_tokens): tokens found so far, and whether that is all of them."""
+        self._found, self._done = found, done
+
+    def estimate(self, checked: int, position: int) -> tuple[int | None, float | None]:
+        """(tokens in all, share done) after `checked` tokens, the last ending at `position`: the total is
+        exact once the input is read, else estimated from the share, else None (as is an unknown share)."""
+        if self._size:
+            share: float | None = position / self._size
+        else:
+            share = checked / self._found if self._done and self._found else None
+        if share is not None:  # characters, an appended file, trailing blank lines: 100 % means the end only
+            share = 1.0 if self._done and checked == self._found else min(share, 0.99)
+        if self._done:
+            return self._found, share
+        if share:  # share < 1, so the estimate is above `checked`: more tokens are to come
+            return max(self._found, math.ceil(checked / share)), share
+        return None, share
+
+    def update(self, checked: int, position: int, send_rate: float | None = None, throttled: int = 0) -> None:
+        """Redraw (at most 5 times a second): tokens checked, of how many, rate, ETA, and MoneyKit's throttling."""
         if not self._enabled:
             return
         now = time.monotonic()
         if now - self._last < 0.2:
             return
         self._last = now
+        total, share = self.estimate(checked, position)
         limits = f", paced at {send_rate:,.0f}/s after {throttled:,} 429s" if send_rate is not None else ""
         if self._bar is not None:
             self._bar.n = checked
-            if fraction:
-                self._bar.total = max(checked, int(checked / fraction))
+            self._bar.total = total
             self._bar.set_postfix_str(limits.lstrip(", "), refresh=False)
             self._bar.refresh()
             return
         elapsed = now - self._started
         rate = checked / elapsed if elapsed > 0 else 0.0
-        eta = f", ETA {elapsed * (1 - fraction) / fraction:.0f} s" if fraction else ""
-        self._stream.write(f"\rchecked {checked:,} tokens, {rate:,.0f}/s{eta}{limits}   ")
+        if total is None or not share:
+            line = f"checked {checked:,} tokens ({self._found:,} read so far), {rate:,.0f}/s{limits}"
+        else:
+            about = "" if self._done else "~"
+            eta = elapsed * (1 - share) / share
+            line = (
+                f"checked {checked:,} of {about}{total:,} tokens ({math.floor(share * 100)} %), "
+                f"{rate:,.0f}/s, ETA {eta:.0f} s{limits}"
+            )
+        self._width = max(self._width, len(line))
+        self._stream.write(f"\r{line:<{self._width}}")
         self._stream.flush()
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        elif self._enabled:
-            self._stream.write("\r" + " " * 100 + "\r")
+        elif self._enabled and self._width:
+            self._stream.write("\r" + " " * self._width + "\r")
             self._stream.flush()
 
 
@@ -125,29 +167,24 @@ async def run_check(
     concurrency: int,
     total_bytes: int | None = None,
     close: bool = False,
+    throttle_timeout: float | None = DEFAULT_THROTTLE_TIMEOUT,
 ) -> Counter[str]:
     """Check every token of `source` (see read_tokens), writing JSON Lines to `out`; returns the count
-    of each outcome."""
-    # Line numbers of tokens handed to the batch and not yet reported: results come in input order,
-    # so each result takes the oldest. Holds O(concurrency) numbers, never the whole file.
-    line_numbers: deque[int] = deque()
+    of each outcome. `total_bytes` is the size of a token file, for the progress line's estimates."""
+    # Places of tokens handed to the batch and not yet reported: results come in input order, so each
+    # result takes the oldest. Holds O(concurrency) places, never the whole file.
+    places: deque[Place] = deque()
     outcomes: Counter[str] = Counter()
-    progress = Progress(err)
-    fraction: float | None = None
-
-    def on_read(consumed: int) -> None:
-        nonlocal fraction
-        if total_bytes:
-            fraction = min(1.0, consumed / total_bytes) or None
-
+    progress = Progress(err, total_bytes)
     checked = 0
     try:
-        tokens = read_tokens(source, line_numbers, on_read, close=close)
-        async for result in mk.introspect_many(tokens, concurrency=concurrency):
+        tokens = read_tokens(source, places, progress.read, close=close)
+        async for result in mk.introspect_many(tokens, concurrency=concurrency, throttle_timeout=throttle_timeout):
             checked += 1
+            place = places.popleft()
             outcomes[outcome_of(result.error)] += 1
-            out.write(json_line(result_json(line_numbers.popleft(), result)))
-            progress.update(checked, fraction, mk.send_rate, mk.throttled)
+            out.write(json_line(result_json(place.line, result)))
+            progress.update(checked, place.end, mk.send_rate, mk.throttled)
     finally:
         progress.close()
     return outcomes
@@ -233,6 +270,15 @@ async def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         (fd, total_bytes), close = _open_tokens(args.file), True
     started = time.monotonic()
     async with MoneyKitSession(base_url=args.base_url) as mk:  # the reader thread closes the file when done
-        outcomes = await run_check(mk, fd, out, err, concurrency=args.concurrency, total_bytes=total_bytes, close=close)
+        outcomes = await run_check(
+            mk,
+            fd,
+            out,
+            err,
+            concurrency=args.concurrency,
+            total_bytes=total_bytes,
+            close=close,
+            throttle_timeout=args.throttle_timeout,
+        )
     err.write(summary(outcomes, time.monotonic() - started) + "\n")
     return check_status(outcomes)

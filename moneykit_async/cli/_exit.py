@@ -1,11 +1,16 @@
-"""Exit statuses of the command line, and the mapping from an error to one of them (pure)."""
+"""Exit statuses of the command line, the mapping from an error to one of them, and the line it prints for
+an error (pure)."""
 
 from __future__ import annotations
 
+import re
+
+from .._config import redact_url
 from .._errors import (
     APIError,
     AuthenticationError,
     ClientDisabledError,
+    MoneyKitError,
     PermissionDeniedError,
     RateLimitError,
     ResponseValidationError,
@@ -27,6 +32,8 @@ __all__ = [
     "EXIT_UNEXPECTED",
     "EXIT_USAGE",
     "exit_code_for",
+    "mask_urls",
+    "message_for",
 ]
 
 # `introspect` (and `sandbox ...`) exit statuses, one per family of error; `check` uses 0, 1 and 2 only.
@@ -64,9 +71,7 @@ def exit_code_for(error: BaseException) -> int:
     MissingCredentialsError is a configuration error (2).
     """
     if isinstance(error, TokenRefreshError) and not isinstance(error, UsageError):
-        cause = error.__cause__
-        while isinstance(cause, TokenRefreshError) and not isinstance(cause, UsageError) and cause.__cause__:
-            cause = cause.__cause__
+        cause = _refresh_cause(error)
         if isinstance(cause, APIError) and not isinstance(cause, RateLimitError):
             return EXIT_CREDENTIALS if cause.status in CREDENTIAL_STATUSES else EXIT_API
         if isinstance(cause, RateLimitError | TransportError | ResponseValidationError | UsageError):
@@ -74,3 +79,33 @@ def exit_code_for(error: BaseException) -> int:
         return EXIT_CREDENTIALS
     code = closest(EXIT_CODES, error)
     return EXIT_API if code is None else code
+
+
+def _refresh_cause(error: TokenRefreshError) -> BaseException | None:
+    """Why the configured client could not get its own token: the first cause that is not itself a
+    TokenRefreshError (None when MoneyKit gave no other reason)."""
+    cause = error.__cause__
+    while isinstance(cause, TokenRefreshError) and not isinstance(cause, UsageError) and cause.__cause__:
+        cause = cause.__cause__
+    return cause
+
+
+def message_for(error: MoneyKitError) -> str:
+    """The line the command line prints for `error` (after "moneykit-async: "): its class and its message,
+    each piece of advice said once, any URL password masked."""
+    if isinstance(error, TokenRefreshError) and isinstance(cause := _refresh_cause(error), TransportError):
+        # The transport's message already says what to check; the TokenRefreshError's own text would
+        # append "MoneyKit could not be reached: check the network..." a second time.
+        text = f"could not obtain the configured client's access token: {cause}"
+    else:
+        text = str(error)
+    return mask_urls(f"{type(error).__name__}: {text}")
+
+
+_WORD_WITH_AT = re.compile(r"\S*@\S*")
+
+
+def mask_urls(text: str) -> str:
+    """`text` with the userinfo (user:password@) of any URL in it masked, wherever the URL came from: an
+    error message quoting it, or argparse quoting a misplaced argument back."""
+    return _WORD_WITH_AT.sub(lambda word: redact_url(word.group()), text)

@@ -10,6 +10,7 @@ import threading
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterable
 from itertools import islice
+from typing import NamedTuple
 
 from .._errors import UsageError
 
@@ -19,6 +20,7 @@ __all__ = [
     "MAX_LINE_BYTES",
     "PENDING_BLOCKS",
     "READ_BYTES",
+    "Place",
     "read_tokens",
     "token_from_stdin",
 ]
@@ -56,10 +58,17 @@ def token_from_stdin(command: str = "introspect") -> str:
     )
 
 
+class Place(NamedTuple):
+    """Where a token was in its input."""
+
+    line: int  # its 1-based line number (blank lines are skipped but still counted)
+    end: int  # characters of the input up to the end of its line (bytes, for ASCII): how far in it is
+
+
 async def read_tokens(
     source: int | Iterable[str],
-    line_numbers: deque[int],
-    progress: Callable[[int], None],
+    places: deque[Place],
+    progress: Callable[[int, bool], None],
     *,
     close: bool = False,
 ) -> AsyncGenerator[str, None]:
@@ -69,37 +78,41 @@ async def read_tokens(
     source (an iterable of lines such as io.StringIO). A descriptor is read by a daemon thread of
     this generator's own with os.read, so a blocked read never delays the exit of the process (no
     executor to wait for, no buffered-object lock held), and decoded as UTF-8 with invalid bytes
-    replaced; `close` closes it when the reading ends. `line_numbers` receives each yielded token's
-    1-based line number, in order (blank lines are skipped but still counted); `progress` gets the
-    number of bytes (or characters) read so far.
+    replaced; `close` closes it when the reading ends. `places` receives each yielded token's Place,
+    in order. `progress(found, done)` is told the number of tokens found so far each time a block
+    is read (they run ahead of those yielded), and `done` once the input is exhausted.
     """
     blocks = _fd_blocks(source, close) if isinstance(source, int) else _text_blocks(source)
-    number = 0
+    number = position = found = 0
     try:
-        async for lines, consumed in blocks:
-            progress(consumed)
+        async for lines in blocks:
+            block: list[tuple[Place, str]] = []
             for raw in lines:
                 number += 1
+                position += len(raw) + 1  # and the newline the line was split at
                 token = (raw.removeprefix(BOM) if number == 1 else raw).strip()
                 if token:
-                    line_numbers.append(number)
-                    yield token
+                    block.append((Place(number, position), token))
+            found += len(block)
+            progress(found, False)
+            for place, token in block:
+                places.append(place)
+                yield token
+        progress(found, True)
     finally:
         await blocks.aclose()
 
 
-async def _text_blocks(lines: Iterable[str]) -> AsyncGenerator[tuple[list[str], int], None]:
+async def _text_blocks(lines: Iterable[str]) -> AsyncGenerator[list[str], None]:
     iterator = iter(lines)
-    consumed = 0
     while block := list(islice(iterator, LINES_PER_BLOCK)):
-        consumed += sum(map(len, block))
-        yield block, consumed
+        yield block
 
 
-_Item = tuple[list[str], int, bool] | OSError
+_Item = tuple[list[str], bool] | OSError
 
 
-async def _fd_blocks(fd: int, close: bool) -> AsyncGenerator[tuple[list[str], int], None]:
+async def _fd_blocks(fd: int, close: bool) -> AsyncGenerator[list[str], None]:
     """Blocks of decoded lines from `fd`, read ahead by a daemon thread at most PENDING_BLOCKS at a time."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[_Item] = asyncio.Queue()
@@ -128,8 +141,8 @@ async def _fd_blocks(fd: int, close: bool) -> AsyncGenerator[tuple[list[str], in
             if isinstance(item, OSError):
                 raise UsageError(f"cannot read the tokens: {item.strerror or item}") from None
             slots.release()
-            lines, consumed, end = item
-            yield lines, consumed
+            lines, end = item
+            yield lines
             if end:
                 return
     finally:
@@ -143,11 +156,9 @@ def _pump(
     """The reader thread: read `fd` to its end, hand complete lines to the loop a block at a time."""
     carry = b""  # the start of a line whose end has not been read yet
     cut = False  # the line in `carry` was longer than MAX_LINE_BYTES: the rest of it is dropped
-    consumed = 0
     try:
         while not stop.is_set():
             data = os.read(fd, READ_BYTES)
-            consumed += len(data)
             if data:
                 if cut:
                     newline = data.find(b"\n")
@@ -167,7 +178,7 @@ def _pump(
             while not slots.acquire(timeout=0.2):
                 if stop.is_set():
                     return
-            if stop.is_set() or not post((lines, consumed, not data)) or not data:
+            if stop.is_set() or not post((lines, not data)) or not data:
                 return
     except OSError as exc:
         post(exc)

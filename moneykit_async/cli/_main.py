@@ -8,22 +8,30 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
 import threading
 from collections.abc import Coroutine, Sequence
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
-from .._errors import ClientDisabledError, MoneyKitError, UsageError
+from .._config import ENV_BASE_URL, redact_url, resolve_base_url
+from .._errors import ClientDisabledError, ConfigurationError, MoneyKitError, UsageError
 from .._models import fingerprint
 from .._records import details_json
 from .._session import MoneyKitSession
 from .._version import __version__
-from ._check import DEFAULT_ARQ_TIMEOUT, DEFAULT_CHUNK_BYTES, DEFAULT_CONCURRENCY, cmd_check
+from ._check import (
+    DEFAULT_ARQ_TIMEOUT,
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_THROTTLE_TIMEOUT,
+    cmd_check,
+)
 from ._demo import run_demo
-from ._exit import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_USAGE, exit_code_for
+from ._exit import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_USAGE, exit_code_for, mask_urls, message_for
 from ._input import token_from_stdin
 from ._sandbox import add_parser as add_sandbox_parser
 from ._sandbox import run as run_sandbox
@@ -54,8 +62,17 @@ async def cmd_demo(out: TextIO) -> int:
     return EXIT_OK
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse quotes a misplaced argument back ("invalid choice: 'https://user:password@host'", for
+    `--base-url URL` put before the command): its messages mask URL passwords too. Subcommands' parsers
+    are of this class as well (argparse makes them of their parent's)."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(mask_urls(message))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="moneykit-async",
         description="Check MoneyKit access tokens from the shell (asyncio SDK for the MoneyKit API).",
         epilog="Credentials: MONEYKIT_CLIENT_ID and MONEYKIT_CLIENT_SECRET (or MONEYKIT_ACCESS_TOKEN); "
@@ -109,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"with --arq: give up after this long, saying how many chunks were not finished "
         f"(default {DEFAULT_ARQ_TIMEOUT:g})",
     )
+    check.add_argument(
+        "--throttle-timeout",
+        type=float,
+        default=DEFAULT_THROTTLE_TIMEOUT,
+        metavar="SECONDS",
+        help=f"how long a token that MoneyKit keeps answering 429 is sent again before it is reported as "
+        f"rate limited (default {DEFAULT_THROTTLE_TIMEOUT:g}; not with --arq)",
+    )
 
     add_sandbox_parser(commands)
     commands.add_parser("demo", help="run the SDK end to end against the built-in offline sandbox")
@@ -119,6 +144,8 @@ def validate(args: argparse.Namespace) -> None:
     """Refuse option values that cannot work, with one line that says what to pass instead."""
     if args.command == "sandbox":
         validate_sandbox(args)
+    if args.command == "introspect" or (args.command == "check" and not args.arq):  # --arq: the workers' URL
+        check_base_url(args.base_url)
     if args.command != "check":
         return
     if args.concurrency < 1:
@@ -131,6 +158,25 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError(
             f"--timeout must be a number of seconds above 0 (got {args.timeout:g}; default {DEFAULT_ARQ_TIMEOUT:g})"
         )
+    if not 0 < args.throttle_timeout < math.inf:  # also NaN
+        raise UsageError(
+            f"--throttle-timeout must be a number of seconds above 0 (got {args.throttle_timeout:g}; "
+            f"default {DEFAULT_THROTTLE_TIMEOUT:g})"
+        )
+
+
+def check_base_url(explicit: str | None) -> None:
+    """Refuse the base URL the session would refuse, with advice a shell user can follow: the library
+    suggests allow_insecure_http=True for plain http, which the command line has no way to pass."""
+    try:
+        resolve_base_url(explicit, os.environ, allow_insecure_http=False)
+    except ConfigurationError:
+        resolve_base_url(explicit, os.environ, allow_insecure_http=True)  # any other problem, as the library says it
+        where, raw = ("--base-url", explicit) if explicit is not None else (ENV_BASE_URL, os.environ[ENV_BASE_URL])
+        raise ConfigurationError(
+            f"{where} {redact_url(raw)!r} uses plain http to a host other than this machine, which would send "
+            "tokens in clear; use an https:// URL (plain http is accepted only for loopback, such as the sandbox)"
+        ) from None
 
 
 # However a shutdown after Ctrl-C goes, the process is gone this long after it: a hung close must never
@@ -191,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.flush()  # here, not at exit: a reader that left early must be noticed (see below)
         return code
     except MoneyKitError as exc:
-        err.write(f"moneykit-async: {type(exc).__name__}: {exc}\n")
+        err.write(f"moneykit-async: {message_for(exc)}\n")
         if args.command == "check":
             return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_INVALID
         return exit_code_for(exc)

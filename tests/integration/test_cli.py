@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.util
 import io
 import json
 import os
+import pty
+import re
 import signal
 import threading
 from collections import deque
@@ -34,10 +38,10 @@ from moneykit_async import (
 )
 from moneykit_async.cli import exit_code_for
 from moneykit_async.cli._check import ChunkProgress, Progress, run_check
-from moneykit_async.cli._input import LINES_PER_BLOCK, PENDING_BLOCKS, READ_BYTES, read_tokens
+from moneykit_async.cli._input import LINES_PER_BLOCK, PENDING_BLOCKS, READ_BYTES, Place, read_tokens
 from moneykit_async.testing import FakeMoneyKit, Fault
 
-from ..helpers import CLI, clean_env, run_cli
+from ..helpers import CLI, clean_env, run_cli, run_main
 
 
 # `python -m moneykit_async` runs the same `main` as the `moneykit-async` console script.
@@ -96,6 +100,12 @@ async def test_introspect_without_a_token_shows_the_clients_own(fake: FakeMoneyK
     assert fake.client_secret not in out
 
 
+CREDENTIALS_ADVICE = (
+    "check client_id, client_secret and scope (or MONEYKIT_CLIENT_ID / MONEYKIT_CLIENT_SECRET) "
+    "and that they belong to this environment's base URL"
+)
+
+
 @pytest.mark.parametrize(
     ("case", "expected_code", "fragment"),
     [
@@ -130,6 +140,10 @@ async def test_introspect_errors_are_one_line_with_a_distinct_status(
     assert len(err.strip().splitlines()) == 1
     assert fragment in err
     assert token not in err
+    if case == "bad-credentials":  # the client's credentials are to blame, not "the token"
+        assert err.count(CREDENTIALS_ADVICE) == 1, err
+        assert "the token is a current MoneyKit access token" not in err
+        assert "not-the-secret" not in err
 
 
 @pytest.mark.parametrize(
@@ -165,6 +179,8 @@ async def test_introspect_own_token_over_an_unreachable_network_is_a_transport_s
     code, _, err = await run_cli("introspect", "--base-url", f"http://127.0.0.1:{unused_port}", fake=fake)
     assert code == 6, err
     assert "TokenRefreshError" in err and len(err.strip().splitlines()) == 1
+    assert err.count("check the network and base_url, then retry") == 1, err  # said once
+    assert "could not be reached" not in err
 
 
 def _refresh_error(cause: BaseException | None) -> TokenRefreshError:
@@ -297,8 +313,8 @@ async def test_tokens_are_read_lazily_from_a_huge_text_stream() -> None:
             return f"token-{self.read_lines}\n"
 
     stream = Endless()
-    numbers: deque[int] = deque()
-    tokens = read_tokens(stream, numbers, lambda _: None)
+    places: deque[Place] = deque()
+    tokens = read_tokens(stream, places, lambda *_: None)
     first = [await anext(tokens) for _ in range(5)]
     await tokens.aclose()
     assert first == [f"token-{i}" for i in range(1, 6)]
@@ -324,10 +340,10 @@ async def test_a_descriptor_is_read_ahead_a_bounded_amount_then_released() -> No
 
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
-    numbers: deque[int] = deque()
-    tokens = read_tokens(read_end, numbers, lambda _: None, close=True)
+    places: deque[Place] = deque()
+    tokens = read_tokens(read_end, places, lambda *_: None, close=True)
     first = [await anext(tokens) for _ in range(5)]
-    assert first == [line.strip().decode()] * 5 and list(numbers) == [1, 2, 3, 4, 5]
+    assert first == [line.strip().decode()] * 5 and [place.line for place in places] == [1, 2, 3, 4, 5]
     for _ in range(20):  # give the reader time to run as far ahead as it would
         await asyncio.sleep(0.05)
     assert written <= (PENDING_BLOCKS + 4) * READ_BYTES + len(line) * 1000
@@ -336,32 +352,52 @@ async def test_a_descriptor_is_read_ahead_a_bounded_amount_then_released() -> No
     assert not thread.is_alive()
 
 
-def test_progress_is_silent_off_a_terminal_and_plain_on_one() -> None:
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
 
+
+def test_progress_is_silent_off_a_terminal_and_plain_on_one() -> None:
     quiet = io.StringIO()
-    Progress(quiet).update(10, 0.5)
+    Progress(quiet, 1000).update(10, 500)
     assert quiet.getvalue() == ""
     tty = Terminal()
-    progress = Progress(tty)
-    progress.update(500, 0.5)
+    progress = Progress(tty, 1000)
+    progress.read(10, False)
+    progress.update(5, 500)
     progress.close()
-    assert "checked 500 tokens" in tty.getvalue() and "ETA" in tty.getvalue()
+    assert "checked 5 of ~10 tokens (50 %)" in tty.getvalue() and "ETA" in tty.getvalue()
     assert "429" not in tty.getvalue()  # nothing about throttling while MoneyKit has not throttled
     throttled = Terminal()
     progress = Progress(throttled)
-    progress.update(800, None, 1875.4, 37)
+    progress.read(900, False)
+    progress.update(800, 40_000, 1875.4, 37)
     progress.close()
+    assert "checked 800 tokens (900 read so far)" in throttled.getvalue()
     assert "paced at 1,875/s after 37 429s" in throttled.getvalue()
 
 
-def test_arq_progress_is_silent_off_a_terminal_and_counts_chunks_on_one() -> None:
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
+def test_progress_counts_checked_tokens_and_shows_100_percent_only_at_the_end() -> None:
+    # A file of 1,000 bytes, its reader ahead of the checks: what was read says nothing about what was checked.
+    progress = Progress(Terminal(), 1000)
+    progress.read(10, False)
+    assert progress.estimate(5, 500) == (10, 0.5)
+    total, share = progress.estimate(10, 1000)  # the last token found so far, but more may come
+    assert share is not None and share < 1 and total is not None and total > 10
+    progress.read(10, True)
+    assert progress.estimate(9, 900) == (10, 0.9)
+    assert progress.estimate(10, 1000) == (10, 1.0)
+    # Standard input: no size, so no share until every token is found; then checked against found.
+    progress = Progress(Terminal())
+    progress.read(50, False)
+    assert progress.estimate(5, 200) == (None, None)
+    progress.read(345, True)
+    total, share = progress.estimate(344, 9000)
+    assert total == 345 and share is not None and share < 1
+    assert progress.estimate(345, 9000) == (345, 1.0)
 
+
+def test_arq_progress_is_silent_off_a_terminal_and_counts_chunks_on_one() -> None:
     quiet = io.StringIO()
     ChunkProgress(quiet).chunks(1, 4)
     assert quiet.getvalue() == ""
@@ -375,10 +411,6 @@ def test_arq_progress_is_silent_off_a_terminal_and_counts_chunks_on_one() -> Non
 
 
 async def test_check_on_a_terminal_shows_rate_and_eta_from_the_file_size(fake: FakeMoneyKit, tmp_path: Path) -> None:
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
     path = tmp_path / "tokens.txt"
     path.write_text("".join(fake.mint_token() + "\n" for _ in range(20)))
     terminal, records = Terminal(), io.StringIO()
@@ -388,5 +420,127 @@ async def test_check_on_a_terminal_shows_rate_and_eta_from_the_file_size(fake: F
             mk, fd, records, terminal, concurrency=4, total_bytes=path.stat().st_size, close=True
         )
     assert outcomes == {"valid": 20}
-    assert "checked 1 tokens" in terminal.getvalue() and "ETA" in terminal.getvalue()
+    assert "checked 1 of " in terminal.getvalue() and "ETA" in terminal.getvalue()
     assert len(records.getvalue().splitlines()) == 20
+
+
+PASSWORD = "hunter2"
+
+
+def test_no_message_shows_a_password_carried_in_a_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    # In this process (each run ends before any request): bad scheme, unreachable host, insecure http, not a
+    # URL, in MONEYKIT_BASE_URL or --base-url, and argparse quoting a misplaced URL back.
+    monkeypatch.setenv("MONEYKIT_CLIENT_ID", "client")
+    monkeypatch.setenv("MONEYKIT_CLIENT_SECRET", "secret")
+    by_env = ["htps://admin:hunter2@example.com", "https://admin:hunter2@127.0.0.1:9", "admin:hunter2@example.com"]
+    for url in by_env:
+        monkeypatch.setenv("MONEYKIT_BASE_URL", url)
+        for args in (("check", "-"), ("introspect",)):
+            code, out, err = run_main(*args)
+            assert code == 2 and "MONEYKIT_BASE_URL" in err, (url, args, err)
+            assert PASSWORD not in out + err, (url, args, err)
+    monkeypatch.delenv("MONEYKIT_BASE_URL")
+    for argv in [
+        ("check", "--base-url", "http://admin:hunter2@example.com"),
+        ("introspect", "--base-url", "http://example.com/admin:hunter2@x"),  # plain http: refused, path masked
+        ("check", "--base-url", "https://admin:hunter2@[::1"),
+        ("--base-url", "https://admin:hunter2@example.com", "check"),  # "invalid choice: 'https://...'"
+        ("check", "--concurrency", "https://admin:hunter2@example.com"),  # "invalid int value: '...'"
+    ]:
+        code, out, err = run_main(*argv)
+        assert code == 2 and err, (argv, err)
+        assert PASSWORD not in out + err, (argv, err)
+
+
+def test_plain_http_is_refused_with_advice_a_shell_user_can_follow(monkeypatch: pytest.MonkeyPatch) -> None:
+    advice = "use an https:// URL (plain http is accepted only for loopback, such as the sandbox)"
+    code, out, err = run_main("check", "--base-url", "http://example.com")
+    assert (code, out) == (2, "")
+    assert err.startswith("moneykit-async: ConfigurationError: --base-url 'http://example.com' uses plain http")
+    assert err.count(advice) == 1 and "allow_insecure_http" not in err
+    monkeypatch.setenv("MONEYKIT_BASE_URL", "http://example.com")
+    code, _, err = run_main("introspect")
+    assert code == 2 and "MONEYKIT_BASE_URL 'http://example.com'" in err
+    assert err.count(advice) == 1 and "allow_insecure_http" not in err
+    # Other problems with the URL keep the library's own message.
+    code, _, err = run_main("check", "--base-url", "ftp://example.com")
+    assert code == 2 and "must be an absolute http(s) URL" in err
+
+
+def test_throttle_timeout_must_be_a_positive_number_of_seconds() -> None:
+    assert "--throttle-timeout SECONDS" in run_main("check", "--help")[1]
+    for value in ("0", "-5", "nan", "inf"):
+        code, out, err = run_main("check", "--throttle-timeout", value)
+        assert (code, out) == (2, ""), (value, err)
+        assert err.strip().splitlines() == [
+            f"moneykit-async: UsageError: --throttle-timeout must be a number of seconds above 0 "
+            f"(got {float(value):g}; default 300)"
+        ]
+
+
+async def test_throttle_timeout_bounds_how_long_a_token_is_requeued(fake: FakeMoneyKit) -> None:
+    # One 429 asking for 1 s: a token requeued for up to the default 300 s would be checked then; with
+    # --throttle-timeout 0.5 it is reported as rate limited at once.
+    fake.inject("/auth/introspect", Fault(status=429, headers={"Retry-After": "1"}))
+    code, out, err = await run_cli(
+        "check", "-", "--throttle-timeout", "0.5", fake=fake, creds=False, stdin=fake.mint_token().encode()
+    )
+    assert code == 1, err
+    [record] = [json.loads(line) for line in out.splitlines()]
+    assert record["ok"] is False and record["error_code"] == "api_error.rate_limit_exceeded"
+    assert fake.count("/auth/introspect") == 1
+
+
+PROGRESS = re.compile(r"checked ([\d,]+) of (~?)([\d,]+) tokens \((\d+) %\)")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tqdm") is not None, reason="parses the plain progress line, not tqdm's")
+async def test_check_progress_on_a_terminal_counts_checked_tokens(fake: FakeMoneyKit, tmp_path: Path) -> None:
+    """A real `check FILE` with stderr on a pseudo-terminal: its progress lines, as a user sees them."""
+    tokens = [fake.mint_token() for _ in range(300)]  # small: the reader has all of them at once
+    path = tmp_path / "tokens.txt"
+    path.write_text("".join(token + "\n" for token in tokens))
+    fake.inject("/auth/introspect", *[Fault(delay=0.005)] * len(tokens))  # a run long enough to redraw
+    controller, terminal = pty.openpty()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *CLI,
+            "check",
+            str(path),
+            "--concurrency",
+            "2",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=terminal,
+            env=clean_env(MONEYKIT_BASE_URL=fake.base_url),
+        )
+    finally:
+        os.close(terminal)
+
+    def read_terminal() -> bytes:
+        data = b""
+        with contextlib.suppress(OSError):  # EIO once the process has exited
+            while chunk := os.read(controller, 65536):
+                data += chunk
+        return data
+
+    try:
+        err, (out, _) = await asyncio.wait_for(
+            asyncio.gather(asyncio.to_thread(read_terminal), process.communicate()), timeout=60
+        )
+    finally:
+        os.close(controller)
+    assert process.returncode == 0, err
+    assert len(out.splitlines()) == len(tokens)
+    shown = [
+        (int(checked.replace(",", "")), about == "~", int(total.replace(",", "")), int(percent))
+        for checked, about, total, percent in PROGRESS.findall(err.decode())
+    ]
+    assert shown, err  # the first result is always drawn
+    percents = [percent for _, _, _, percent in shown]
+    assert percents == sorted(percents)  # never goes back
+    for checked, estimated, total, percent in shown:
+        assert checked <= total
+        assert percent < 100 or (checked == total == len(tokens) and not estimated)
+        assert estimated or total == len(tokens)
+    assert f"checked {len(tokens)} tokens in" in err.decode()

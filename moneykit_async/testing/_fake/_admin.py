@@ -19,7 +19,7 @@ from ._api import APP_SHAPES, DEFAULT_SCOPE, INTROSPECT_PATH, FakeClient, NotReg
 from ._scripting import Fault
 
 if TYPE_CHECKING:  # the server builds its admin API: only the type is needed here
-    from ._server import FakeMoneyKit
+    from moneykit_async.testing import FakeMoneyKit  # the public surface: the admin API uses nothing else
 
 ADMIN_PREFIX = "/_sandbox/"
 # Bounds of the admin API's numbers: wide enough for any test, narrow enough that nothing overflows or
