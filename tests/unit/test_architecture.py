@@ -90,3 +90,17 @@ def test_the_transport_is_the_only_core_module_that_imports_aiohttp() -> None:
         if any(i == "aiohttp" or i.startswith("aiohttp.") for i in imports_of(p, runtime_only=True))
     )
     assert importers == ["moneykit_async._transport"]
+
+
+def test_all_lists_exactly_the_public_names() -> None:
+    import moneykit_async
+
+    exported = set(moneykit_async.__all__)
+    assert len(exported) == len(moneykit_async.__all__)  # no name twice
+    assert all(hasattr(moneykit_async, name) for name in exported)
+    public = {
+        name
+        for name, value in vars(moneykit_async).items()
+        if not name.startswith("_") and getattr(value, "__module__", "").startswith("moneykit_async.")
+    }
+    assert public - exported == set()  # nothing public is left out of __all__
