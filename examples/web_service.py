@@ -5,8 +5,9 @@
 Per RFC 6750: no bearer token -> 401 `WWW-Authenticate: Bearer realm="api"`; an unknown, revoked or expired
 token or a disabled client -> 401 `error="invalid_token"`; a token without the route's scope -> 403
 `error="insufficient_scope"`; MoneyKit unreachable, failing or throttling -> 503 (never a false "authorized").
-One MoneyKitSession serves the whole app, opened and closed with it, with the introspection cache on: a
-token costs one MoneyKit call per TTL, and concurrent first requests share it.
+One MoneyKitSession serves the whole app, opened and closed with it. It caches successful introspections for
+`cache_ttl` seconds (10 by default): a token costs one MoneyKit call per window, concurrent first requests
+share it, and a token revoked at MoneyKit keeps passing for up to the window (`cache_ttl=None`: no cache).
 """
 
 from __future__ import annotations
@@ -34,13 +35,17 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
-def make_app(session: MoneyKitSession | Callable[[], MoneyKitSession] | None = None) -> web.Application:
-    """The service. `session`: None builds one from MONEYKIT_* with the cache on; a factory or a session
-    works too (see `moneykit_async.contrib.aiohttp.setup`)."""
+def make_app(
+    session: MoneyKitSession | Callable[[], MoneyKitSession] | None = None,
+    *,
+    cache_ttl: float | None = moneykit.DEFAULT_CACHE_TTL,
+) -> web.Application:
+    """The service. `session`: None builds one from MONEYKIT_* that caches for `cache_ttl` seconds; a
+    factory or a session of yours works too, with its own cache (see `moneykit_async.contrib.aiohttp.setup`)."""
     app = web.Application()
     app.router.add_get("/accounts", accounts)
     app.router.add_get("/health", health)
-    moneykit.setup(app, session)
+    moneykit.setup(app, session, cache_ttl=cache_ttl)
     return app
 
 
@@ -48,7 +53,8 @@ async def demo() -> None:
     """Run the service against a sandbox and call it the way clients would."""
     async with FakeMoneyKit() as fake:
         narrow = fake.add_client(scope="institutions:read")
-        app = make_app(lambda: MoneyKitSession(base_url=fake.base_url, introspection_cache=IntrospectionCache(ttl=30)))
+        # A session of our own (it points at the sandbox), so its own cache sets the revocation window.
+        app = make_app(lambda: MoneyKitSession(base_url=fake.base_url, introspection_cache=IntrospectionCache(ttl=10)))
         runner = web.AppRunner(app)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()

@@ -30,7 +30,11 @@ token, and turns the outcome into a `Decision` with `authorize` (details + requi
     valid, every required scope                       200    (the handler runs)
 
 Nothing but a successful introspection with every required scope, of a client that is not disabled,
-is ever allowed.
+is ever allowed, except on a route marked `public`: its requests are never looked at (see `public`).
+
+The revocation window: the session an integration creates caches successful introspections for
+`cache_ttl` seconds (`DEFAULT_CACHE_TTL`), so a token revoked at MoneyKit keeps passing for up to that
+long; `cache_ttl=None` (or 0) asks MoneyKit on every request (see `open_session`).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
+from typing import Final, TypeVar
 
 import attrs
 
@@ -60,7 +65,10 @@ from moneykit_async import (
     UsageError,
 )
 
+from .._config import check_seconds
+
 __all__ = [
+    "DEFAULT_CACHE_TTL",
     "DEFAULT_REALM",
     "MAX_RETRY_AFTER",
     "MISSING_TOKEN",
@@ -68,18 +76,26 @@ __all__ = [
     "SessionSource",
     "authorize",
     "challenge",
+    "check_cache_ttl",
     "check_realm",
     "check_scopes",
     "decide",
     "deny",
+    "is_public",
     "open_session",
     "parse_authorization",
+    "public",
 ]
 
 DEFAULT_REALM = "api"
 # A Retry-After we pass on to our own clients is capped: the session itself never pauses longer than its
 # RetryPolicy.max_retry_after (30 s by default), so a longer wait would only delay them.
 MAX_RETRY_AFTER = 60
+# How long the session an integration creates trusts a successful introspection, so how long a token revoked
+# at MoneyKit keeps passing. 10 s: a busy client's token costs MoneyKit at most one call per 10 s (instead of
+# one per request, each adding MoneyKit's round trip to the request), while a revocation takes effect within
+# 10 s. Services that must honour revocation at once pass cache_ttl=None.
+DEFAULT_CACHE_TTL: Final = 10.0
 
 # RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
@@ -90,6 +106,8 @@ _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 _DESCRIPTION = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
 
 SessionSource = MoneyKitSession | Callable[[], MoneyKitSession] | None
+_T = TypeVar("_T")
+_PUBLIC: Final = "__moneykit_public__"
 
 
 @attrs.frozen
@@ -271,18 +289,45 @@ def check_realm(realm: str | None) -> str | None:
     return realm
 
 
-def open_session(source: SessionSource) -> tuple[MoneyKitSession, bool]:
+def check_cache_ttl(cache_ttl: float | None) -> float | None:
+    """`cache_ttl` as seconds, None for no cache (None or 0); ConfigurationError for anything else."""
+    if cache_ttl is None or (cache_ttl == 0 and not isinstance(cache_ttl, bool)):
+        return None
+    return check_seconds("cache_ttl (or None for no cache)", cache_ttl, zero_ok=False)
+
+
+def open_session(source: SessionSource, cache_ttl: float | None = DEFAULT_CACHE_TTL) -> tuple[MoneyKitSession, bool]:
     """The session to use and whether the integration owns (and so closes) it.
 
-    None: a session from the MONEYKIT_* environment with an `IntrospectionCache()` (on by default: a web
-    service sees the same token again and again). A callable: called now (at application start-up);
-    the session it returns is owned. A `MoneyKitSession`: borrowed, never closed by the integration.
+    None: a session from the MONEYKIT_* environment that caches successful introspections for `cache_ttl`
+    seconds (None or 0: no cache, every request asks MoneyKit). A callable: called now (at application
+    start-up); the session it returns is owned. A `MoneyKitSession`: borrowed, never closed by the
+    integration. A session of yours (given, or made by your callable) is used as it is: its own
+    `introspection_cache` (or none) decides how long a revoked token keeps passing, and `cache_ttl` is
+    not used.
     """
     if source is None:
-        return MoneyKitSession(introspection_cache=IntrospectionCache()), True
+        ttl = check_cache_ttl(cache_ttl)
+        cache = None if ttl is None else IntrospectionCache(ttl=ttl)
+        return MoneyKitSession(introspection_cache=cache), True
     if isinstance(source, MoneyKitSession):
         return source, False
     made = source()
     if not isinstance(made, MoneyKitSession):
         raise TypeError(f"the session factory returned {type(made).__name__}, not a MoneyKitSession")
     return made, True
+
+
+def public(handler: _T) -> _T:
+    """Mark a handler (a function, a class-based view or endpoint, or one of its methods) as public. The
+    integration's middleware never looks at a public route's requests: no Authorization header is read
+    and no MoneyKit call is made, so a request passes whatever it carries (no token, a revoked or a
+    malformed one). A check the route asks for itself (`require_scopes`, `auth.requires`, the FastAPI
+    dependency) still runs: marking a protected route public never opens it."""
+    setattr(handler, _PUBLIC, True)
+    return handler
+
+
+def is_public(handler: object) -> bool:
+    """Whether `handler` was marked with `public`."""
+    return getattr(handler, _PUBLIC, False) is True

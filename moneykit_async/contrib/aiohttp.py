@@ -15,16 +15,22 @@
     app = web.Application()
     app.router.add_get("/accounts", accounts)
     app.router.add_get("/health", health)
-    moneykit.setup(app)  # one MoneyKitSession (MONEYKIT_* settings, cache on), opened and closed with the app
+    moneykit.setup(app)  # one MoneyKitSession (MONEYKIT_* settings, 10 s cache), opened and closed with the app
 
 `setup` gives the application ONE shared `MoneyKitSession`, created and closed through
-`app.cleanup_ctx` (with an `IntrospectionCache` by default), and a middleware that lets no request through
-without a valid token unless its handler is marked `@public` (or `protect_all=False`: then only handlers
-decorated with `@require_scopes` are protected). Requests that match no route (404, 405) pass untouched,
-and so do CORS preflights answered by aiohttp-cors' own handler (browsers send them without
-credentials); mark a preflight handler of your own `@public`. Any other OPTIONS request needs a token.
-`@require_scopes` adds per-route scopes, and always enforces them itself, so a
-route never opens up because a middleware is missing.
+`app.cleanup_ctx`, and a middleware that lets no request through without a valid token unless its handler
+is marked `@public` (or `protect_all=False`: then only handlers decorated with `@require_scopes` are
+protected). The session `setup` creates caches successful introspections for `cache_ttl` seconds (10 by
+default): a token revoked at MoneyKit keeps passing for up to that long; `cache_ttl=None` asks MoneyKit
+on every request.
+
+A `@public` route (a handler, a `web.View` class, or one of its methods) is never looked at: the
+middleware reads no Authorization header and makes no MoneyKit call, so it passes whatever the request
+carries. Requests that match no route (404, 405) pass untouched, and so do CORS preflights answered by
+aiohttp-cors (its preflight handler for function routes, and `aiohttp_cors.CorsViewMixin`'s `options`
+for class-based views; browsers send preflights without credentials); mark a preflight handler of your
+own `@public`. Any other OPTIONS request needs a token. `@require_scopes` adds per-route scopes, and
+always enforces them itself, so a route never opens up because a middleware is missing.
 
 Answers (see `moneykit_async.contrib._bearer` for the full table): 401 with `WWW-Authenticate: Bearer
 realm="api"` for a request without a bearer token; 400 `invalid_request` for a malformed header; 401
@@ -47,19 +53,24 @@ from aiohttp.typedefs import Middleware
 from moneykit_async import AccessTokenDetails, MoneyKitSession
 
 from ._bearer import (
+    DEFAULT_CACHE_TTL,
     DEFAULT_REALM,
     MISSING_TOKEN,
     Decision,
     SessionSource,
     authorize,
+    check_cache_ttl,
     check_realm,
     check_scopes,
     deny,
+    is_public,
     open_session,
     parse_authorization,
+    public,
 )
 
 __all__ = [
+    "DEFAULT_CACHE_TTL",
     "MONEYKIT_SESSION",
     "TOKEN_DETAILS",
     "public",
@@ -77,7 +88,6 @@ MONEYKIT_SESSION: Final = web.AppKey("moneykit_session", MoneyKitSession)
 TOKEN_DETAILS: Final = web.RequestKey("moneykit_token_details", AccessTokenDetails)
 """`request[TOKEN_DETAILS]`: the details of the request's token, once it was accepted (see `token_details`)."""
 
-_PUBLIC: Final = "__moneykit_public__"
 _H = TypeVar("_H", bound=Callable[..., Awaitable[web.StreamResponse]])
 
 
@@ -95,39 +105,49 @@ def setup(
     app: web.Application,
     session: SessionSource = None,
     *,
+    cache_ttl: float | None = DEFAULT_CACHE_TTL,
     scopes: Iterable[str] = (),
     realm: str | None = DEFAULT_REALM,
     protect_all: bool = True,
 ) -> None:
     """Authenticate `app`'s requests with MoneyKit. Call once, on the root application, before it starts.
 
-    - `session`: None (default) creates a `MoneyKitSession` from the MONEYKIT_* environment with an
-      `IntrospectionCache()` at start-up and closes it at clean-up; a zero-argument callable returning a
+    - `session`: None (default) creates a `MoneyKitSession` from the MONEYKIT_* environment (caching for
+      `cache_ttl`) at start-up and closes it at clean-up; a zero-argument callable returning a
       session is called at start-up instead (the session it returns is closed at clean-up too); a
       `MoneyKitSession` instance is used as is and never closed here (its owner closes it).
+    - `cache_ttl`: how many seconds the session created here trusts a successful introspection (10 by
+      default; None or 0: no cache). It is the revocation window: a token revoked at MoneyKit keeps
+      passing for up to `cache_ttl` seconds, in exchange for one MoneyKit call per token per window
+      instead of one per request. A session of yours (given, or from your callable) keeps its own
+      `introspection_cache` (its ttl is then the window; none: every request asks MoneyKit) and
+      `cache_ttl` is not used.
     - `scopes`: scopes every protected route requires (on top of each route's `@require_scopes`).
     - `realm`: the `realm` of the `WWW-Authenticate` challenges (None: none).
     - `protect_all`: True (default) means every route needs a valid token unless its handler is
-      `@public`; False installs no middleware: only `@require_scopes` handlers are protected.
+      `@public` (never looked at: no header read, no MoneyKit call); False installs no middleware:
+      only `@require_scopes` handlers are protected.
     """
     if _STATE in app:
         raise RuntimeError("moneykit_async.contrib.aiohttp.setup() was already called on this application")
     state = _State(check_realm(realm), check_scopes(scopes))
+    context = session_context(session, state, cache_ttl=cache_ttl)
     app[_STATE] = state
-    app.cleanup_ctx.append(session_context(session, state))
+    app.cleanup_ctx.append(context)
     if protect_all:
         app.middlewares.append(_middleware(state))
 
 
 def session_context(
-    session: SessionSource = None, _state: _State | None = None
+    session: SessionSource = None, _state: _State | None = None, *, cache_ttl: float | None = DEFAULT_CACHE_TTL
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A `cleanup_ctx` entry that opens the shared session at start-up (see `setup` for `session`),
-    publishes it as `app[MONEYKIT_SESSION]`, and closes it at clean-up if it created it. `setup` uses
-    it; on its own it is for apps that only want the session."""
+    """A `cleanup_ctx` entry that opens the shared session at start-up (see `setup` for `session` and
+    `cache_ttl`), publishes it as `app[MONEYKIT_SESSION]`, and closes it at clean-up if it created it.
+    `setup` uses it; on its own it is for apps that only want the session."""
+    ttl = check_cache_ttl(cache_ttl)
 
     async def context(app: web.Application) -> AsyncIterator[None]:
-        mk, owned = open_session(session)
+        mk, owned = open_session(session, ttl)
         app[MONEYKIT_SESSION] = mk  # start-up runs before the app is frozen
         if _state is not None:
             _state.session = mk
@@ -138,12 +158,6 @@ def session_context(
                 await mk.close()
 
     return context
-
-
-def public(handler: _H) -> _H:
-    """Mark a handler as needing no token (with `setup(..., protect_all=True)`); no MoneyKit call is made."""
-    setattr(handler, _PUBLIC, True)
-    return handler
 
 
 def require_scopes(*scopes: str) -> Callable[[_H], _H]:
@@ -204,13 +218,17 @@ def _middleware(state: _State) -> Middleware:
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         match_info = request.match_info
-        # No route (404/405): let aiohttp answer; a public handler: no token needed; a CORS preflight never
-        # carries credentials (Fetch standard), so aiohttp-cors' own preflight handler is let through. Any
-        # other OPTIONS handler needs a token: the preflight headers are the client's to choose.
+        # No route (404/405): let aiohttp answer; a public route: never looked at (no header read, no
+        # MoneyKit call); a CORS preflight never carries credentials (Fetch standard), so aiohttp-cors'
+        # own preflight code is let through. Any other OPTIONS handler needs a token: the preflight
+        # headers are the client's to choose.
+        if match_info.http_exception is not None:
+            return await handler(request)
+        answering = _answering(request)
         if (
-            match_info.http_exception is not None
-            or getattr(match_info.handler, _PUBLIC, False)
-            or (request.method == hdrs.METH_OPTIONS and _is_cors_preflight_handler(match_info))
+            is_public(match_info.handler)
+            or is_public(answering)
+            or (request.method == hdrs.METH_OPTIONS and _is_aiohttp_cors(answering))
         ):
             return await handler(request)
         outcome = await _authenticate(request, state, state.scopes)
@@ -222,13 +240,20 @@ def _middleware(state: _State) -> Middleware:
     return moneykit_auth
 
 
-def _is_cors_preflight_handler(match_info: web.UrlMappingMatchInfo) -> bool:
-    """Whether the matched handler is aiohttp-cors' preflight handler (it answers preflights only, with no
-    data of the application). A handler of your own for preflights can be marked `@public`."""
-    route = match_info.route
-    handler = match_info.handler
-    owner = getattr(handler, "__self__", handler)
-    return route.method == hdrs.METH_OPTIONS and type(owner).__module__.startswith("aiohttp_cors")
+def _answering(request: web.Request) -> object:
+    """What will answer the request: its handler, or for a class-based view the method of its verb (as
+    `web.View` dispatches; None when the view has none, and aiohttp answers 405)."""
+    handler = request.match_info.handler
+    if isinstance(handler, type) and issubclass(handler, web.View):
+        return getattr(handler, request.method.lower(), None)
+    return handler
+
+
+def _is_aiohttp_cors(answering: object) -> bool:
+    """Whether `answering` is aiohttp-cors' own code: the preflight handler it adds for function routes, or
+    `CorsViewMixin.options` (unless the view overrides it). Either answers preflights only, with no data
+    of the application. A preflight handler of your own can be marked `@public`."""
+    return str(getattr(answering, "__module__", "")).startswith("aiohttp_cors.")
 
 
 async def _authenticate(

@@ -3,28 +3,41 @@
     from starlette.applications import Starlette
     from starlette.authentication import requires
     from starlette.routing import Route
-    from moneykit_async.contrib.starlette import MoneyKitAuth, token_details
+    from moneykit_async.contrib.starlette import MoneyKitAuth, public, token_details
 
-    auth = MoneyKitAuth()  # a MoneyKitSession from MONEYKIT_* with the introspection cache, opened in the lifespan
+    auth = MoneyKitAuth()  # a MoneyKitSession from MONEYKIT_*, 10 s introspection cache, opened in the lifespan
 
     @auth.requires("accounts:read")  # 401 / 403 insufficient_scope with RFC 6750 challenges
     async def accounts(request):
         details = token_details(request)  # or request.user.details
         ...
 
+    @public  # never looked at: no Authorization header read, no MoneyKit call
+    async def health(request):
+        ...
+
     app = Starlette(
-        routes=[Route("/accounts", accounts)],
+        routes=[Route("/accounts", accounts), Route("/health", health)],
         middleware=[auth.middleware()],  # AuthenticationMiddleware + MoneyKitBackend + on_auth_error
         lifespan=auth.lifespan,  # or, inside your own lifespan: async with auth.lifespan(app): ...
     )
 
 `MoneyKitBackend` is a Starlette `AuthenticationBackend`: a request without a bearer token is anonymous
-(`UnauthenticatedUser`, so public routes work), a valid token becomes a `MoneyKitUser` with
+(`UnauthenticatedUser`), a valid token becomes a `MoneyKitUser` with
 `AuthCredentials(["authenticated", *the token's scopes])`, so Starlette's own `@requires("scope")` works
 too (it answers a bare 403, without a challenge; `auth.requires` answers RFC 6750's). A token that
 cannot be accepted ends the request in the middleware through `on_auth_error`: 400 invalid_request, 401
-invalid_token, or 503 when MoneyKit cannot vouch for it (500 for anything unexpected). Note that this
-applies to public routes as well when a client sends a token: a bad token is refused wherever it is sent.
+invalid_token, or 503 when MoneyKit cannot vouch for it (500 for anything unexpected).
+
+An endpoint (function, `HTTPEndpoint` class, or FastAPI path operation) marked `@public` is never looked
+at, as in the aiohttp integration: the middleware reads no Authorization header and makes no MoneyKit
+call, so the request passes whatever it carries, anonymous. Other endpoints without `auth.requires` see a
+request without a token as anonymous and refuse a bad token. Errors are JSON `{"error": ...,
+"error_description": ...}` with the RFC 6750 challenge, as in every integration.
+
+The session `MoneyKitAuth` creates caches successful introspections for `cache_ttl` seconds (10 by
+default): a token revoked at MoneyKit keeps passing for up to that long; `cache_ttl=None` asks MoneyKit on
+every request.
 
 Install with the `starlette` extra. The FastAPI dependency is in `moneykit_async.contrib.fastapi`.
 """
@@ -40,10 +53,13 @@ from typing import Any, TypeVar, cast
 
 try:
     from starlette.authentication import AuthCredentials, AuthenticationBackend, AuthenticationError, BaseUser
+    from starlette.endpoints import HTTPEndpoint
     from starlette.middleware import Middleware
     from starlette.middleware.authentication import AuthenticationMiddleware
     from starlette.requests import HTTPConnection, Request
     from starlette.responses import JSONResponse, PlainTextResponse, Response
+    from starlette.routing import BaseRoute, Match
+    from starlette.types import Scope
 except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ModuleNotFoundError(
         "moneykit_async.contrib.starlette needs the 'starlette' extra: pip install 'moneykit-async[starlette]'",
@@ -53,24 +69,30 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subproce
 from moneykit_async import AccessTokenDetails, MoneyKitSession
 
 from ._bearer import (
+    DEFAULT_CACHE_TTL,
     DEFAULT_REALM,
     MISSING_TOKEN,
     Decision,
     SessionSource,
     authorize,
+    check_cache_ttl,
     check_realm,
     check_scopes,
     deny,
+    is_public,
     open_session,
     parse_authorization,
+    public,
 )
 
 __all__ = [
+    "DEFAULT_CACHE_TTL",
     "MoneyKitAuth",
     "MoneyKitAuthenticationError",
     "MoneyKitBackend",
     "MoneyKitUser",
     "on_auth_error",
+    "public",
     "token_details",
 ]
 
@@ -114,15 +136,28 @@ class MoneyKitAuthenticationError(AuthenticationError):
 class MoneyKitAuth:
     """The MoneyKit side of a Starlette or FastAPI app: the shared session, the realm, the checks.
 
-    - `session`: None (default) creates a `MoneyKitSession` from the MONEYKIT_* environment with an
-      `IntrospectionCache()` when `lifespan` starts, and closes it when it ends; a zero-argument callable
+    - `session`: None (default) creates a `MoneyKitSession` from the MONEYKIT_* environment (caching for
+      `cache_ttl`) when `lifespan` starts, and closes it when it ends; a zero-argument callable
       returning a session is called then instead (and its session closed too); a `MoneyKitSession`
       instance is used as is, with or without the lifespan, and never closed here.
+    - `cache_ttl`: how many seconds the session created here trusts a successful introspection (10 by
+      default; None or 0: no cache). It is the revocation window: a token revoked at MoneyKit keeps
+      passing for up to `cache_ttl` seconds, in exchange for one MoneyKit call per token per window
+      instead of one per request. A session of yours (given, or from your callable) keeps its own
+      `introspection_cache` (its ttl is then the window; none: every request asks MoneyKit) and
+      `cache_ttl` is not used.
     - `realm`: the `realm` of the `WWW-Authenticate` challenges (None: none).
     """
 
-    def __init__(self, session: SessionSource = None, *, realm: str | None = DEFAULT_REALM) -> None:
+    def __init__(
+        self,
+        session: SessionSource = None,
+        *,
+        cache_ttl: float | None = DEFAULT_CACHE_TTL,
+        realm: str | None = DEFAULT_REALM,
+    ) -> None:
         self.realm = check_realm(realm)
+        self.cache_ttl = check_cache_ttl(cache_ttl)
         self._source = session
         self._session = session if isinstance(session, MoneyKitSession) else None
         self._running = False
@@ -142,7 +177,7 @@ class MoneyKitAuth:
         """Open the session when the app starts and close it (if created here) when the app stops."""
         if self._running:
             raise RuntimeError("this MoneyKitAuth's lifespan is already running (one app at a time)")
-        session, owned = open_session(self._source)
+        session, owned = open_session(self._source, self.cache_ttl)
         self._session, self._running = session, True
         try:
             yield
@@ -185,7 +220,7 @@ class MoneyKitAuth:
 
     def respond(self, decision: Decision) -> Response:
         """The response for a denial: status, RFC 6750 challenge (or Retry-After) and a JSON body."""
-        return JSONResponse(decision.body(), status_code=decision.status, headers=decision.headers(self.realm))
+        return _answer(decision, self.realm)
 
     def requires(self, *scopes: str) -> Callable[[_E], _E]:
         """Decorate an async endpoint (a function of `request`, or an `HTTPEndpoint` method) to require a
@@ -215,13 +250,17 @@ class MoneyKitAuth:
 
 
 class MoneyKitBackend(AuthenticationBackend):
-    """A Starlette `AuthenticationBackend`: anonymous without a bearer token, a `MoneyKitUser` with the
-    token's scopes (and "authenticated") for a valid one, `MoneyKitAuthenticationError` otherwise."""
+    """A Starlette `AuthenticationBackend`: anonymous without a bearer token or on a `@public` endpoint
+    (never looked at), a `MoneyKitUser` with the token's scopes (and "authenticated") for a valid one,
+    `MoneyKitAuthenticationError` otherwise."""
 
     def __init__(self, auth: MoneyKitAuth) -> None:
         self.auth = auth
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
+        endpoint = _endpoint(conn.scope)
+        if is_public(endpoint) or is_public(_method(endpoint, conn.scope)):
+            return None  # a public endpoint: its request is not looked at, whatever it carries
         outcome = await self.auth.check(conn)
         if isinstance(outcome, Decision):
             if outcome is MISSING_TOKEN:
@@ -234,9 +273,48 @@ def on_auth_error(conn: HTTPConnection, exc: AuthenticationError) -> Response:
     """`AuthenticationMiddleware(on_error=...)`: the RFC 6750 answer for a `MoneyKitAuthenticationError`
     (other backends' errors get Starlette's default, a plain 400)."""
     if isinstance(exc, MoneyKitAuthenticationError):
-        decision = exc.decision
-        return JSONResponse(decision.body(), status_code=decision.status, headers=decision.headers(exc.realm))
+        return _answer(exc.decision, exc.realm)
     return PlainTextResponse(str(exc), status_code=400)
+
+
+def _answer(decision: Decision, realm: str | None) -> JSONResponse:
+    """A denial as every integration answers it: the status, the challenge and the flat JSON body."""
+    return JSONResponse(decision.body(), status_code=decision.status, headers=decision.headers(realm))
+
+
+def _endpoint(scope: Scope) -> object:
+    """The endpoint the app's router will call for this request, found the way the router finds it (the
+    first full match, else the first partial one, through Mount and Host); None when no route matches.
+    The middleware runs before the router, so it has to look the route up itself to know it is public."""
+    app = scope.get("app")
+    routes = getattr(getattr(app, "router", app), "routes", ())
+    # From the app's top: a middleware installed on a Mount sees the Mount's root_path.
+    scope = {**scope, "root_path": scope.get("app_root_path", scope.get("root_path", ""))}
+    while True:
+        found: tuple[BaseRoute, Scope] | None = None
+        for route in routes:
+            match, child = route.matches(scope)
+            if match is Match.FULL:
+                found = (route, child)
+                break
+            if match is Match.PARTIAL and found is None:
+                found = (route, child)
+        if found is None:
+            return None
+        matched, child = found
+        scope = {**scope, **child}
+        inner = getattr(matched, "routes", None)  # Mount and Host: look inside
+        if inner is None:
+            return child.get("endpoint")
+        routes = inner
+
+
+def _method(endpoint: object, scope: Scope) -> object:
+    """The method of an `HTTPEndpoint` class that answers the request's verb, as its `dispatch` picks it."""
+    if not (isinstance(endpoint, type) and issubclass(endpoint, HTTPEndpoint)):
+        return None
+    verb = str(scope.get("method", "")).lower()
+    return getattr(endpoint, "get" if verb == "head" and not hasattr(endpoint, "head") else verb, None)
 
 
 def token_details(conn: HTTPConnection) -> AccessTokenDetails:

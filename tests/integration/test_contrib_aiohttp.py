@@ -7,12 +7,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import aiohttp_cors
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from moneykit_async import (
     AccessTokenDetails,
+    ConfigurationError,
     IntrospectionCache,
     MoneyKitSession,
     RetryPolicy,
@@ -28,7 +30,16 @@ from moneykit_async.contrib.aiohttp import (
 )
 from moneykit_async.testing import FakeMoneyKit, Fault
 
-from ..bearer_matrix import CASES, bearer, headers_for
+from ..bearer_matrix import (
+    CASES,
+    PUBLIC_CASES,
+    REVOKED_BODY,
+    REVOKED_CHALLENGE,
+    bearer,
+    headers_for,
+    public_headers,
+    watch_revocation,
+)
 
 INTROSPECT = "/auth/introspect"
 Start = Callable[[web.Application], Awaitable[str]]
@@ -81,10 +92,28 @@ def make_app(session: Any = None, **options: Any) -> web.Application:
         request.app[CALLS].seen.append("secret")
         return web.json_response({"secret": True})
 
+    @public  # a whole class-based view
+    class Docs(web.View):
+        async def get(self) -> web.Response:
+            self.request.app[CALLS].seen.append("docs")
+            return web.json_response({"ok": True})
+
+    class Status(web.View):
+        @public  # one method of a class-based view
+        async def get(self) -> web.Response:
+            self.request.app[CALLS].seen.append("status")
+            return web.json_response({"ok": True})
+
+        async def post(self) -> web.Response:  # protected by the middleware
+            self.request.app[CALLS].seen.append("status-post")
+            return web.json_response({"client_id": token_details(self.request).client_id})
+
     app.router.add_route("*", "/secret", secret)
     app.router.add_get("/profile", profile)
     app.router.add_get("/health", health)
     app.router.add_view("/item", Item)
+    app.router.add_view("/docs", Docs)
+    app.router.add_view("/status", Status)
     setup(app, session, **options)
     return app
 
@@ -225,13 +254,20 @@ async def test_an_unexpected_exception_never_authorizes(
 # -- routes, scopes, middleware --------------------------------------------------------------------
 
 
-async def test_public_routes_need_no_token_and_cost_no_introspection(
-    env: FakeMoneyKit, serve: Start, http: aiohttp.ClientSession
+@pytest.mark.parametrize("case", PUBLIC_CASES)
+async def test_public_routes_are_never_looked_at(
+    env: FakeMoneyKit, serve: Start, http: aiohttp.ClientSession, case: str
 ) -> None:
-    base = await serve(make_app())
-    assert (await get(http, base + "/health"))[0] == 200
-    assert (await get(http, base + "/health", bearer("whatever")))[0] == 200
-    assert env.count(INTROSPECT) == 0
+    app = make_app()
+    base = await serve(app)
+    headers = public_headers(env, case)
+    for path in ("/health", "/docs", "/status"):  # a handler, a view class, a view method
+        status, _, body = await get(http, base + path, headers)
+        assert (status, body) == (200, {"ok": True}), path
+    assert app[CALLS].seen == ["health", "docs", "status"]
+    assert env.count(INTROSPECT) == 0  # no MoneyKit call, whatever the request carries
+    async with http.post(base + "/status", headers=headers) as response:  # the view's other method is not public
+        assert response.status == (200 if case == "valid" else 400 if case == "garbage" else 401)
     async with http.get(base + "/nowhere") as response:
         assert response.status == 404  # no route: aiohttp answers, not the middleware
 
@@ -248,6 +284,48 @@ async def test_cors_preflights_pass_other_options_requests_do_not(
     async with http.options(base + "/secret", headers=preflight) as response:
         assert response.status == 401 and response.headers["WWW-Authenticate"] == 'Bearer realm="api"'
     assert app[CALLS].seen == ["preflight"]
+    assert env.count(INTROSPECT) == 0
+
+
+async def test_aiohttp_cors_preflights_pass_for_class_based_views_as_for_functions(
+    env: FakeMoneyKit, serve: Start, http: aiohttp.ClientSession
+) -> None:
+    app = web.Application()
+
+    async def function(request: web.Request) -> web.Response:
+        return web.json_response({"secret": True})
+
+    class View(web.View, aiohttp_cors.CorsViewMixin):
+        async def get(self) -> web.Response:
+            return web.json_response({"secret": True})
+
+    class OwnOptions(web.View, aiohttp_cors.CorsViewMixin):
+        async def get(self) -> web.Response:
+            return web.json_response({"secret": True})
+
+        async def options(self) -> web.Response:  # the application's own code, not aiohttp-cors': needs a token
+            return web.json_response({"secret": True})
+
+    cors = aiohttp_cors.setup(app, defaults={"https://app.example": aiohttp_cors.ResourceOptions(allow_headers="*")})
+    cors.add(app.router.add_get("/function", function))
+    cors.add(app.router.add_view("/view", View))
+    cors.add(app.router.add_view("/own", OwnOptions))
+    setup(app)
+    base = await serve(app)
+    origin = {"Origin": "https://app.example"}
+    answers: dict[str, list[tuple[int, str | None]]] = {}
+    for path in ("/function", "/view"):
+        answers[path] = []
+        # A preflight, and an OPTIONS request that is not one (aiohttp-cors refuses it itself).
+        for headers in ({**origin, "Access-Control-Request-Method": "GET"}, origin):
+            async with http.options(base + path, headers=headers) as response:
+                answers[path].append((response.status, response.headers.get("Access-Control-Allow-Origin")))
+    assert answers["/view"] == answers["/function"] == [(200, "https://app.example"), (403, None)]
+    async with http.options(base + "/own", headers={**origin, "Access-Control-Request-Method": "GET"}) as response:
+        assert response.status == 401
+    for path in ("/function", "/view"):  # the views themselves still need a token
+        async with http.get(base + path, headers=origin) as response:
+            assert response.status == 401
     assert env.count(INTROSPECT) == 0
 
 
@@ -313,6 +391,40 @@ async def test_without_protect_all_only_decorated_routes_are_protected(
     assert (await get(http, base + "/token", bearer("nope")))[0] == 401
     status, _, body = await get(http, base + "/token", bearer(env.mint_token()))
     assert (status, body["client_id"]) == (200, env.client_id)
+
+
+async def test_a_denial_has_the_body_and_challenge_every_integration_answers(
+    env: FakeMoneyKit, serve: Start, http: aiohttp.ClientSession
+) -> None:
+    base = await serve(make_app())
+    token = env.mint_token()
+    env.revoke_token(token)
+    for path in ("/accounts", "/profile"):  # the decorator's answer and the middleware's
+        status, headers, body = await get(http, base + path, bearer(token))
+        assert (status, body, headers["WWW-Authenticate"]) == (401, REVOKED_BODY, REVOKED_CHALLENGE)
+
+
+async def test_a_revoked_token_passes_until_the_cache_ttl_has_passed(
+    env: FakeMoneyKit, serve: Start, http: aiohttp.ClientSession
+) -> None:
+    base = await serve(make_app(cache_ttl=0.5))
+
+    async def status(headers: dict[str, str]) -> int:
+        return (await get(http, base + "/accounts", headers))[0]
+
+    await watch_revocation(env, status, window=0.5)
+
+
+@pytest.mark.parametrize("off", [None, 0])
+async def test_without_a_cache_a_revoked_token_is_refused_at_once(
+    env: FakeMoneyKit, serve: Start, http: aiohttp.ClientSession, off: float | None
+) -> None:
+    base = await serve(make_app(cache_ttl=off))
+    headers = bearer(env.mint_token())
+    assert (await get(http, base + "/accounts", headers))[0] == 200
+    env.revoke_token(headers["Authorization"].removeprefix("Bearer "))
+    assert (await get(http, base + "/accounts", headers))[0] == 401
+    assert env.count(INTROSPECT) == 2
 
 
 async def test_the_cache_is_on_by_default(env: FakeMoneyKit, serve: Start, http: aiohttp.ClientSession) -> None:
@@ -388,6 +500,9 @@ def test_setup_refuses_a_second_call_and_bad_settings() -> None:
         setup(web.Application(), realm='a"b')
     with pytest.raises(ValueError, match="not a scope name"):
         require_scopes("a b")
+    for bad in (-1, float("inf"), "10", True):
+        with pytest.raises(ConfigurationError, match="cache_ttl"):
+            setup(web.Application(), cache_ttl=bad)  # type: ignore[arg-type]  # wrong types on purpose
 
 
 def test_token_details_outside_a_protected_route_is_a_lookup_error() -> None:

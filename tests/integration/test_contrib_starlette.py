@@ -17,16 +17,35 @@ import uvicorn
 from fastapi import Depends, FastAPI, Security
 from starlette.applications import Starlette
 from starlette.authentication import requires
+from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
-from moneykit_async import AccessTokenDetails, IntrospectionCache, MoneyKitSession, RetryPolicy, Timeout
-from moneykit_async.contrib.fastapi import MoneyKitBearer
-from moneykit_async.contrib.starlette import MoneyKitAuth, MoneyKitUser, token_details
+from moneykit_async import (
+    AccessTokenDetails,
+    ConfigurationError,
+    IntrospectionCache,
+    MoneyKitSession,
+    RetryPolicy,
+    Timeout,
+)
+from moneykit_async.contrib import fastapi as mk_fastapi
+from moneykit_async.contrib.fastapi import MoneyKitBearer, MoneyKitHTTPException, http_exception_handler
+from moneykit_async.contrib.starlette import MoneyKitAuth, MoneyKitUser, public, token_details
 from moneykit_async.testing import FakeMoneyKit, Fault
 
-from ..bearer_matrix import CASES, NARROW, bearer, headers_for
+from ..bearer_matrix import (
+    CASES,
+    NARROW,
+    PUBLIC_CASES,
+    REVOKED_BODY,
+    REVOKED_CHALLENGE,
+    bearer,
+    headers_for,
+    public_headers,
+    watch_revocation,
+)
 from ..helpers import clean_env
 
 INTROSPECT = "/auth/introspect"
@@ -75,8 +94,22 @@ def starlette_app(auth: MoneyKitAuth, seen: Seen) -> Starlette:
         assert isinstance(request.user, MoneyKitUser) and request.user.details is details
         return JSONResponse({"client_id": details.client_id, "scopes": sorted(details.scopes)})
 
+    @public
     async def health(request: Request) -> JSONResponse:
         seen.handlers.append("health")
+        return JSONResponse({"authenticated": request.user.is_authenticated})
+
+    class Status(HTTPEndpoint):
+        @public  # one method of a class-based endpoint
+        async def get(self, request: Request) -> JSONResponse:
+            seen.handlers.append("status")
+            return JSONResponse({"authenticated": request.user.is_authenticated})
+
+        async def post(self, request: Request) -> JSONResponse:
+            return JSONResponse({"authenticated": request.user.is_authenticated})
+
+    async def whoami(request: Request) -> JSONResponse:  # no check of its own: the middleware's user
+        seen.handlers.append("whoami")
         return JSONResponse({"authenticated": request.user.is_authenticated})
 
     @requires("link:data:read")  # Starlette's own decorator works on the token's scopes
@@ -84,13 +117,19 @@ def starlette_app(auth: MoneyKitAuth, seen: Seen) -> Starlette:
         seen.handlers.append("plain")
         return JSONResponse({"scopes": list(request.auth.scopes)})
 
-    routes = [Route("/accounts", accounts), Route("/health", health), Route("/plain", plain)]
+    routes = [Route("/accounts", accounts), Route("/health", health), Route("/whoami", whoami), Route("/plain", plain)]
+    routes.append(Route("/status", Status, methods=["GET", "POST"]))
     return Starlette(routes=routes, middleware=[auth.middleware()], lifespan=auth.lifespan)
 
 
-def fastapi_app(auth: MoneyKitAuth, seen: Seen) -> FastAPI:
+def fastapi_app(auth: MoneyKitAuth, seen: Seen, *, middleware: bool = False, handler: bool = True) -> FastAPI:
+    """`middleware`: the Starlette middleware too; `handler`: the integration's exception handler registered."""
     bearer = MoneyKitBearer(auth)
-    app = FastAPI(lifespan=auth.lifespan)
+    app = FastAPI(
+        lifespan=auth.lifespan,
+        middleware=[auth.middleware()] if middleware else None,
+        exception_handlers={MoneyKitHTTPException: http_exception_handler} if handler else None,
+    )
 
     @app.get("/accounts")
     async def accounts(
@@ -105,6 +144,7 @@ def fastapi_app(auth: MoneyKitAuth, seen: Seen) -> FastAPI:
         return {"client_id": details.client_id}
 
     @app.get("/health")
+    @public  # only matters with the middleware
     async def health() -> dict[str, bool]:
         seen.handlers.append("health")
         return {"ok": True}
@@ -119,12 +159,9 @@ def make_app(framework: str, auth: MoneyKitAuth, seen: Seen) -> Any:
 async def get(
     http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
 ) -> tuple[int, Any, dict[str, Any]]:
-    """Status, headers and the error body (FastAPI nests it under "detail")."""
+    """Status, headers and the JSON body."""
     async with http.get(url, headers=headers or {}) as response:
-        body = await response.json()
-        if isinstance(body.get("detail"), dict):
-            body = body["detail"]
-        return response.status, response.headers, body
+        return response.status, response.headers, await response.json()
 
 
 @pytest.fixture
@@ -224,25 +261,77 @@ async def test_moneykit_unavailable_is_503_and_a_bug_500_never_401_or_200(
 # -- framework specifics ---------------------------------------------------------------------------
 
 
-async def test_starlette_public_routes_and_starlettes_own_requires(
+@pytest.mark.parametrize("app_kind", ["starlette", "fastapi", "fastapi with the middleware"])
+@pytest.mark.parametrize("case", PUBLIC_CASES)
+async def test_public_routes_are_never_looked_at(
+    env: FakeMoneyKit, http: aiohttp.ClientSession, app_kind: str, case: str
+) -> None:
+    seen = Seen()
+    auth = MoneyKitAuth()
+    app = (
+        starlette_app(auth, seen) if app_kind == "starlette" else fastapi_app(auth, seen, middleware="with" in app_kind)
+    )
+    headers = public_headers(env, case)
+    async with serving(app) as base:
+        status, _, body = await get(http, base + "/health", headers)
+    assert status == 200 and body in ({"authenticated": False}, {"ok": True}), body  # anonymous, whatever it carries
+    assert seen.handlers == ["health"]
+    assert env.count(INTROSPECT) == 0  # no MoneyKit call
+
+
+@pytest.mark.parametrize("case", PUBLIC_CASES)
+async def test_a_public_method_of_a_class_based_endpoint_is_never_looked_at(
+    env: FakeMoneyKit, http: aiohttp.ClientSession, case: str
+) -> None:
+    seen = Seen()
+    headers = public_headers(env, case)
+    async with serving(starlette_app(MoneyKitAuth(), seen)) as base:
+        status, _, body = await get(http, base + "/status", headers)
+        assert (status, body) == (200, {"authenticated": False})
+        assert env.count(INTROSPECT) == 0
+        async with http.post(base + "/status", headers=headers) as response:  # its other method is not public
+            assert response.status == {"valid": 200, "garbage": 400, "bad": 401}[case]
+    assert seen.handlers == ["status"]
+
+
+async def test_public_routes_behind_a_mount_with_the_middleware(env: FakeMoneyKit, http: aiohttp.ClientSession) -> None:
+    auth = MoneyKitAuth()
+
+    @public
+    async def open_endpoint(request: Request) -> JSONResponse:
+        return JSONResponse({"authenticated": request.user.is_authenticated})
+
+    async def optional(request: Request) -> JSONResponse:
+        return JSONResponse({"authenticated": request.user.is_authenticated})
+
+    inner = [Route("/open", open_endpoint), Route("/optional", optional)]
+    app = Starlette(routes=[Mount("/p", routes=inner, middleware=[auth.middleware()])], lifespan=auth.lifespan)
+    async with serving(app) as base:
+        assert (await get(http, base + "/p/open", bearer("not-a-token")))[0] == 200
+        assert env.count(INTROSPECT) == 0
+        assert (await get(http, base + "/p/optional", bearer("not-a-token")))[0] == 401
+        assert (await get(http, base + "/p/optional", bearer(env.mint_token())))[2] == {"authenticated": True}
+
+
+async def test_starlette_routes_without_a_check_and_starlettes_own_requires(
     env: FakeMoneyKit, http: aiohttp.ClientSession
 ) -> None:
     seen = Seen()
     narrow = env.mint_token(env.add_client(scope=NARROW).client_id)
     async with serving(starlette_app(MoneyKitAuth(), seen)) as base:
-        status, _, body = await get(http, base + "/health")
+        status, _, body = await get(http, base + "/whoami")
         assert (status, body) == (200, {"authenticated": False})  # anonymous: no token, no MoneyKit call
         assert env.count(INTROSPECT) == 0
-        status, _, body = await get(http, base + "/health", bearer(env.mint_token()))
+        status, _, body = await get(http, base + "/whoami", bearer(env.mint_token()))
         assert (status, body) == (200, {"authenticated": True})
-        # A bad token is refused wherever it is sent, public routes included (documented).
-        status, headers, _ = await get(http, base + "/health", bearer("not-a-token"))
+        # A route that is not @public refuses a bad token, even without a check of its own (documented).
+        status, headers, _ = await get(http, base + "/whoami", bearer("not-a-token"))
         assert status == 401 and 'error="invalid_token"' in headers["WWW-Authenticate"]
         status, _, body = await get(http, base + "/plain", bearer(env.mint_token()))
         assert status == 200 and "authenticated" in body["scopes"] and "link:data:read" in body["scopes"]
         async with http.get(base + "/plain", headers=bearer(narrow)) as response:
             assert response.status == 403  # Starlette's plain 403 (no challenge: use auth.requires for that)
-    assert seen.handlers == ["health", "health", "plain"]
+    assert seen.handlers == ["whoami", "whoami", "plain"]
 
 
 async def test_fastapi_dependency_without_scopes_and_public_routes(
@@ -275,7 +364,11 @@ async def test_openapi_shows_an_http_bearer_scheme_with_the_routes_scopes(
 async def test_app_and_route_security_scopes_are_both_enforced(env: FakeMoneyKit, http: aiohttp.ClientSession) -> None:
     auth = MoneyKitAuth(lambda: MoneyKitSession(base_url=env.base_url), realm="ledger")  # no cache
     bearer_dep = MoneyKitBearer(auth, scheme_name="MoneyKit", description="a MoneyKit access token")
-    app = FastAPI(lifespan=auth.lifespan, dependencies=[Security(bearer_dep, scopes=["institutions:read"])])
+    app = FastAPI(
+        lifespan=auth.lifespan,
+        dependencies=[Security(bearer_dep, scopes=["institutions:read"])],
+        exception_handlers={MoneyKitHTTPException: http_exception_handler},
+    )
 
     @app.get("/refresh")
     async def refresh(
@@ -300,6 +393,55 @@ async def test_app_and_route_security_scopes_are_both_enforced(env: FakeMoneyKit
             schemes = (await response.json())["components"]["securitySchemes"]
     assert schemes == {"MoneyKit": {"type": "http", "scheme": "bearer", "description": "a MoneyKit access token"}}
     assert env.count(INTROSPECT) == 3  # one per request (no cache here), though two dependencies check each
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+async def test_a_denial_has_the_body_and_challenge_every_integration_answers(
+    env: FakeMoneyKit, http: aiohttp.ClientSession, framework: str
+) -> None:
+    token = env.mint_token()
+    env.revoke_token(token)
+    async with serving(make_app(framework, MoneyKitAuth(), Seen())) as base:
+        status, headers, body = await get(http, base + "/accounts", bearer(token))
+    assert (status, body, headers["WWW-Authenticate"]) == (401, REVOKED_BODY, REVOKED_CHALLENGE)
+
+
+async def test_fastapi_without_the_handler_says_so_once(
+    env: FakeMoneyKit, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with serving(fastapi_app(MoneyKitAuth(), Seen(), handler=False)) as base:
+        for _ in range(2):
+            status, headers, body = await get(http, base + "/accounts")
+            # FastAPI's own handler: the nested body, but the same status and challenge.
+            assert (status, headers["WWW-Authenticate"]) == (401, 'Bearer realm="api"')
+            assert set(body) == {"detail"} and body["detail"]["error_description"]
+    warnings = [r for r in caplog.records if "http_exception_handler" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+async def test_a_revoked_token_passes_until_the_cache_ttl_has_passed(
+    env: FakeMoneyKit, http: aiohttp.ClientSession, framework: str
+) -> None:
+    async with serving(make_app(framework, MoneyKitAuth(cache_ttl=0.5), Seen())) as base:
+
+        async def status(headers: dict[str, str]) -> int:
+            return (await get(http, base + "/accounts", headers))[0]
+
+        await watch_revocation(env, status, window=0.5)
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("off", [None, 0])
+async def test_without_a_cache_a_revoked_token_is_refused_at_once(
+    env: FakeMoneyKit, http: aiohttp.ClientSession, framework: str, off: float | None
+) -> None:
+    headers = bearer(env.mint_token())
+    async with serving(make_app(framework, MoneyKitAuth(cache_ttl=off), Seen())) as base:
+        assert (await get(http, base + "/accounts", headers))[0] == 200
+        env.revoke_token(headers["Authorization"].removeprefix("Bearer "))
+        assert (await get(http, base + "/accounts", headers))[0] == 401
+    assert env.count(INTROSPECT) == 2
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
@@ -356,6 +498,10 @@ def test_requires_refuses_sync_endpoints_and_bad_scopes() -> None:
         auth.requires("a b")
     with pytest.raises(ValueError, match="realm"):
         MoneyKitAuth(realm='a"')
+    for bad in (-1, float("nan"), "10", True):
+        with pytest.raises(ConfigurationError, match="cache_ttl"):
+            MoneyKitAuth(cache_ttl=bad)  # type: ignore[arg-type]  # wrong types on purpose
+    assert mk_fastapi.MoneyKitAuth is MoneyKitAuth and mk_fastapi.public is public  # one of each for both
 
 
 # -- extras ----------------------------------------------------------------------------------------

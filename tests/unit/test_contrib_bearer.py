@@ -18,6 +18,7 @@ from moneykit_async import (
     ClientDisabledError,
     ConfigurationError,
     ExpiredAccessTokenError,
+    IntrospectionCache,
     InvalidInputError,
     MissingCredentialsError,
     MoneyKitError,
@@ -33,6 +34,7 @@ from moneykit_async import (
     UsageError,
 )
 from moneykit_async.contrib._bearer import (
+    DEFAULT_CACHE_TTL,
     MAX_RETRY_AFTER,
     MISSING_TOKEN,
     Decision,
@@ -42,8 +44,10 @@ from moneykit_async.contrib._bearer import (
     check_scopes,
     decide,
     deny,
+    is_public,
     open_session,
     parse_authorization,
+    public,
 )
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
@@ -275,3 +279,32 @@ async def test_session_sources_say_who_owns_the_session(monkeypatch: pytest.Monk
         open_session(lambda: "nope")  # type: ignore[arg-type, return-value]  # a wrong factory on purpose
     for session in (default, borrowed):
         await session.close()
+
+
+@pytest.mark.parametrize(("cache_ttl", "window"), [(DEFAULT_CACHE_TTL, 10.0), (0.5, 0.5), (None, None), (0, None)])
+async def test_the_created_session_caches_for_cache_ttl(
+    monkeypatch: pytest.MonkeyPatch, cache_ttl: float | None, window: float | None
+) -> None:
+    monkeypatch.setenv("MONEYKIT_BASE_URL", "http://127.0.0.1:9")
+    session, owned = open_session(None, cache_ttl)
+    cache = session.introspection_cache
+    assert owned and (cache.ttl if cache is not None else None) == window
+    await session.close()
+
+
+async def test_a_session_of_yours_keeps_its_own_cache_whatever_cache_ttl_says() -> None:
+    cache = IntrospectionCache(ttl=3600)
+    async with MoneyKitSession(base_url="http://127.0.0.1:9", introspection_cache=cache) as mine:
+        for source in (mine, lambda: mine):
+            made, _ = open_session(source, None)
+            assert made is mine and made.introspection_cache is cache and cache.ttl == 3600
+
+
+def test_public_marks_functions_and_classes() -> None:
+    async def handler() -> None: ...
+
+    class View: ...
+
+    assert public(handler) is handler and is_public(handler)
+    assert public(View) is View and is_public(View)
+    assert not is_public(lambda: None) and not is_public(None)
