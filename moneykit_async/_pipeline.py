@@ -12,6 +12,7 @@ import asyncio
 import logging
 import math
 import random
+from collections.abc import Mapping
 from typing import TypeVar
 
 from yarl import URL
@@ -42,7 +43,7 @@ from ._events import (
 )
 from ._models import AccessToken, fingerprint
 from ._protocol import Endpoint
-from ._rate import RateController, SharedRate
+from ._rate import RateController, SharedRate, parse_rate_limit
 from ._retry import RetryBudget, RetryPolicy, backoff_delay, retry_delay, session_pause
 from ._transport import CLOSED_IN_FLIGHT, Transport
 
@@ -229,6 +230,8 @@ class Pipeline:
                     finally:
                         if slots is not None:
                             slots.release()
+                    if rate.heeds(response_headers, status):  # rate-limit headers (one lookup if there are none)
+                        self._heed(response_headers, loop.time())
                     result = parse(status, response_headers, body)
                 except MoneyKitError as error:
                     if hook is not None:
@@ -327,6 +330,15 @@ class Pipeline:
         if decision.pause:  # throttled even at a reduced rate: everyone stops for the wait
             self._pause(wait or backoff_delay(self.retry, throttles, self._rng), now, 429)
         return wait
+
+    def _heed(self, headers: Mapping[str, str], now: float) -> None:
+        """Pace from an answer's rate-limit headers (see `RateController.heed`). A fleet keeps to its shared
+        schedule, but a quota spent until its reset holds this process too."""
+        wait = self.rate.heed(parse_rate_limit(headers), now)
+        if self.shared is None or now < self._shared_down_until:
+            self._follow_local_schedule()  # a lower announced limit laid this process's schedule again
+        if wait:
+            self._pause(wait, now, 429)
 
     async def _reserve_shared(self, shared: SharedRate, horizon: float, deadline: Deadline) -> tuple[int, float] | None:
         """A slot in the fleet's schedule (not booked beyond `horizon`), or None when the limiter fails:

@@ -28,6 +28,10 @@ grows back along a cubic curve), changed where its users found it lacking:
   overshoot.
 - A slot past the caller's deadline is never booked (the schedule cannot run away from callers that
   will not send), and after 30 s without a throttle the session is not paced at all any more.
+- When answers carry rate-limit headers (the IETF `RateLimit-Policy` / `RateLimit` fields of
+  draft-ietf-httpapi-ratelimit-headers, its older `RateLimit-Limit` / `-Remaining` / `-Reset`, or the
+  common `X-RateLimit-*`), the announced limit is a ceiling from the first answer that carries it
+  (`heed`): the rate is not discovered by drawing 429s. `parse_rate_limit` reads them, and never raises.
 
 Why not a library: `aiolimiter` and `limits` pace to a rate you already know; none learns the rate
 from 429s, and the learning is the point here. A known limit can still be given as a ceiling.
@@ -35,13 +39,18 @@ from 429s, and the learning is the point here. A known limit can still be given 
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
+import re
+import time
 from collections import deque
+from collections.abc import Iterator, Mapping
 from typing import Final, Protocol, runtime_checkable
 
 import attrs
 
-__all__ = ["BETA", "RateController", "RateDecision", "SharedRate"]
+__all__ = ["BETA", "RateController", "RateDecision", "RateLimitHint", "SharedRate", "parse_rate_limit"]
 
 # A cut keeps this share of the rate MoneyKit accepted (the measured send rate times the share of the
 # round's answers that were not 429s): 5 % under the limit, so MoneyKit's bucket refills.
@@ -98,6 +107,13 @@ DEFAULT_FLOOR: Final = 1.0
 # 500/s: 0.13 s) is left alone: its lag damps the climb, which measurably means fewer 429s.
 REBOOK_GROWTH: Final = 1.25
 REBOOK_DEPTH: Final = 0.25
+# A limit MoneyKit announces in its headers is paced at this share of it, as a known limit is held at
+# its plateau: timer jitter then never empties MoneyKit's bucket.
+HINT_SHARE: Final = PLATEAU
+# A window or a reset of up to a minute is a pace to keep. A longer one is a quota (hourly, daily): pacing
+# a batch at a day's quota per second, or holding every call for hours, is not this controller's call;
+# its 429s and their Retry-After (capped by RetryPolicy.max_retry_after) say what to do.
+HINT_HORIZON: Final = 60.0
 
 
 @runtime_checkable
@@ -121,6 +137,148 @@ class RateDecision:
 
     cut: float | None
     pause: bool
+
+
+@attrs.frozen
+class RateLimitHint:
+    """What an answer's rate-limit headers announce: `limit` requests per `window` seconds (the tightest
+    policy, preferring windows of up to HINT_HORIZON), `remaining` of them, quota back in `reset` seconds.
+    None where a header did not say, or said it in a way that is ignored."""
+
+    limit: float | None
+    window: float | None
+    remaining: float | None
+    reset: float | None
+
+    @property
+    def rate(self) -> float | None:
+        """The announced limit in requests per second, if it is a pace to keep (see HINT_HORIZON)."""
+        if not self.limit or not self.window or self.window > HINT_HORIZON:
+            return None
+        return self.limit / self.window  # both are positive and finite (`_number`): so is this
+
+
+# The fields that say a server sends rate-limit headers at all. While none has been seen, one of them is
+# looked up per answer, in turn (see `RateController.heeds`): the cost of this feature for everyone else.
+_PROBES: Final = ("RateLimit-Policy", "RateLimit", "X-RateLimit-Limit", "RateLimit-Limit")
+# A non-negative number as Structured Fields write it (ASCII digits, at most 15 before the point): no
+# sign, exponent, underscore, inf, nan or other scripts' digits, all of which float() would take.
+_NUMBER: Final = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,9})?")
+# Members of a Structured Fields list, and parameters of a member: split on commas (semicolons) outside
+# double-quoted strings. Linear: a quote only ever starts a string.
+_MEMBER: Final = re.compile(r'(?:"(?:[^"\\]|\\.)*"|[^,"])+')
+_PARAM: Final = re.compile(r'(?:"(?:[^"\\]|\\.)*"|[^;"])+')
+_MAX_FIELD: Final = 1024  # characters: a longer field is ignored, not parsed
+_MAX_MEMBERS: Final = 16
+# An X-RateLimit-Reset this large is a Unix time (GitHub's), in seconds or (larger still) milliseconds.
+_EPOCH_SECONDS: Final = 1e9
+_EPOCH_MILLISECONDS: Final = 1e12
+
+
+def _number(text: str | None) -> float | None:
+    if text is None:
+        return None
+    text = text.strip()
+    return float(text) if _NUMBER.fullmatch(text) else None
+
+
+def _members(value: str | None) -> Iterator[tuple[str, dict[str, str]]]:
+    """A Structured Fields list or dictionary (RFC 9651), leniently: each member's bare item and its
+    parameters (lower-case keys, values as written); nothing for a missing or unbalanced field."""
+    if not value or value.count('"') % 2:
+        return
+    for member in _MEMBER.findall(value)[:_MAX_MEMBERS]:
+        bare, *params = _PARAM.findall(member) or [""]
+        parsed: dict[str, str] = {}
+        for param in params:
+            key, _, text = param.partition("=")
+            parsed[key.strip().lower()] = text.strip()
+        yield bare.strip(), parsed
+
+
+# A server that sends the fields sends them on every answer, mostly the same few values: each field's
+# value is parsed once (a tenth of the cost of an answer otherwise).
+@functools.lru_cache(maxsize=256)
+def _policies(value: str | None) -> tuple[tuple[float, float | None], ...]:
+    """(quota, window or None) of each policy of a RateLimit-Policy or (X-)RateLimit-Limit field:
+    `"name";q=100;w=60` (the draft since -08), `100;w=60` (-07 and before, Envoy's x-ratelimit-limit) or
+    `100`. Policies counted in another unit than requests (content-bytes, concurrent-requests) are no rate."""
+    policies = []
+    for bare, params in _members(value):
+        unit = params.get("qu")
+        if unit is not None and unit.strip('"') != "requests":
+            continue
+        quota = _number(params["q"]) if "q" in params else _number(bare)
+        if quota:  # a quota of 0 (or none) is no rate to pace at
+            policies.append((quota, _number(params.get("w")) or None))
+    return tuple(policies)
+
+
+@functools.lru_cache(maxsize=256)
+def _service_limits(value: str | None) -> tuple[tuple[tuple[float | None, float | None], ...], float | None]:
+    """The (remaining, reset) pairs of a RateLimit field, and the limit it names if any: one item per
+    policy, `"name";r=50;t=30` (since -08), or the dictionary `limit=100, remaining=50, reset=5` (-07)."""
+    pairs: list[tuple[float | None, float | None]] = []
+    legacy: dict[str, str] = {}
+    for bare, params in _members(value):
+        if "r" in params:
+            pairs.append((_number(params["r"]), _number(params.get("t"))))
+        key, equals, text = bare.partition("=")
+        if equals:
+            legacy[key.strip().lower()] = text
+    if legacy:
+        pairs.append((_number(legacy.get("remaining")), _number(legacy.get("reset"))))
+    return tuple(pairs), _number(legacy.get("limit")) or None
+
+
+def _reset_at(text: str | None, now: float) -> float | None:
+    """X-RateLimit-Reset: seconds from now, or a Unix time (seconds or milliseconds) as GitHub sends it."""
+    reset = _number(text)
+    if reset is None or reset < _EPOCH_SECONDS:
+        return reset
+    if reset >= _EPOCH_MILLISECONDS:
+        reset /= 1000
+    return max(0.0, reset - now)
+
+
+def parse_rate_limit(headers: Mapping[str, str], *, now: float | None = None) -> RateLimitHint | None:
+    """The rate-limit headers of an answer, or None if it has none that can be read. Never raises.
+
+    Reads the IETF fields (draft-ietf-httpapi-ratelimit-headers: `RateLimit-Policy` and `RateLimit` in
+    the syntax of -08 on or of -07, or the `RateLimit-Limit` / `-Remaining` / `-Reset` of the drafts
+    before) and the common `X-RateLimit-Limit` / `-Remaining` / `-Reset`. Several policies: the one with
+    the lowest rate among windows of up to HINT_HORIZON, else the lowest rate. Several remaining counts:
+    the lowest (with the latest reset). A value that is not a plain non-negative number, a quota of 0,
+    an oversized field: ignored, as the draft asks of malformed fields. An X-RateLimit-Limit without a
+    window (`X-RateLimit-Limit: 5000`, per hour at GitHub, per minute elsewhere) names no rate; Envoy's
+    `X-RateLimit-Limit: 100, 100;w=1` does. `now` is the wall clock (`time.time()`) a Unix-time reset is
+    measured against.
+    """
+
+    def get(name: str) -> str | None:  # an oversized field is ignored (and kept in no cache)
+        value = headers.get(name)
+        return value if value is None or len(value) <= _MAX_FIELD else None
+
+    wall = time.time() if now is None else now
+    service, named = _service_limits(get("RateLimit"))
+    policies = [*_policies(get("RateLimit-Policy")), *_policies(get("RateLimit-Limit"))]
+    policies += _policies(get("X-RateLimit-Limit"))
+    if named is not None:
+        policies.append((named, None))
+    pairs = [*service, (_number(get("RateLimit-Remaining")), _number(get("RateLimit-Reset")))]
+    pairs.append((_number(get("X-RateLimit-Remaining")), _reset_at(get("X-RateLimit-Reset"), wall)))
+    counted = [(remaining, reset) for remaining, reset in pairs if remaining is not None]
+    if not policies and not counted:
+        return None
+    limit = window = remaining = reset = None
+    timed = [(quota, seconds) for quota, seconds in policies if seconds is not None]
+    if timed:
+        limit, window = min(timed, key=lambda p: (p[1] > HINT_HORIZON, p[0] / p[1]))
+    elif policies:
+        limit = min(quota for quota, _ in policies)
+    if counted:
+        remaining, reset = min(counted, key=lambda p: (p[0], -(p[1] or 0.0)))
+    return RateLimitHint(limit, window, remaining, reset)
 
 
 class _Meter:
@@ -154,12 +312,20 @@ class RateController:
     """The learned send rate of one session (or, shared, of a fleet) and its send schedule.
 
     All times are the caller's monotonic clock (`loop.time()`), passed in, so the logic is tested with
-    a hand-moved clock. `ceiling` is a known limit in requests per second (`rate_limit=`).
+    a hand-moved clock. `ceiling` is a known limit in requests per second (`rate_limit=`); a limit the
+    answers announce (`heed`) is paced under, never above it.
     """
 
     def __init__(self, *, ceiling: float | None = None, floor: float = DEFAULT_FLOOR) -> None:
         self.ceiling = ceiling
+        self._floor = floor
         self.floor = floor if ceiling is None else min(floor, ceiling)
+        # What caps the rate: the ceiling, or HINT_SHARE of the limit the answers announce if lower.
+        self._cap = ceiling
+        self._hint = math.inf  # HINT_SHARE of the announced limit (inf: none)
+        self._hinted_at = -math.inf  # when an answer last announced it
+        self._heard = True  # the last answer read had rate-limit headers (the first is read whole)
+        self._probes = itertools.cycle(_PROBES)  # looked up one per answer while none are heard
         self.enabled = ceiling is not None  # until the first throttle, sends are not paced at all
         self.throttled = 0  # 429s seen, for progress lines and metrics
         self.cuts = 0
@@ -188,8 +354,8 @@ class RateController:
         """The current send rate in requests per second, or None while sends are not paced."""
         if not self.enabled:
             return None
-        if self._cut_at == -math.inf:  # only a ceiling so far
-            return self.ceiling
+        if self._cut_at == -math.inf:  # only a ceiling (or an announced limit) so far
+            return self._cap
         t = now - self._cut_at - self._k
         if t < 0:  # climbing back from the cut
             grown = max(self._w_max * (1.0 + CUBIC_C * t * t * t), self._cut_rate)
@@ -198,8 +364,8 @@ class RateController:
             grown = self._w_max * (1.0 + PROBE_SPAN + ESCAPE_C * x * x * x)
         else:
             grown = self._w_max * (1.0 + self._c * t * t * t)
-        if self.ceiling is not None:
-            grown = min(grown, self.ceiling)
+        if self._cap is not None:
+            grown = min(grown, self._cap)
         if t > -self._k / 2:
             # Never far above what MoneyKit accepted over the last second (as botocore caps its bucket
             # at twice the measured rate): a climb towards a rate that was far over the limit stops
@@ -219,9 +385,10 @@ class RateController:
         if not self.enabled:
             self._meter.record(now)
             return 0.0
-        if now - self._cut_at > QUIET_RESET and self.ceiling is None:
-            self.enabled = False  # no 429 for a long while: step out of the way again
+        if now - self._cut_at > QUIET_RESET and self.ceiling is None and now - self._hinted_at > QUIET_RESET:
+            self.enabled = False  # no 429 (and no announced limit) for a long while: step out of the way again
             self.epoch += 1  # and so may the callers still waiting for slots of the old schedule
+            self._cap, self._hint, self.floor = None, math.inf, self._floor
             self._meter.record(now)
             return 0.0
         rate = self.rate(now)
@@ -238,6 +405,49 @@ class RateController:
         return wait if wait > 0 else 0.0
 
     # -- what the answers teach ------------------------------------------------------------------------
+
+    def heeds(self, headers: Mapping[str, str], status: int) -> bool:
+        """Whether to read an answer's rate-limit headers (`parse_rate_limit`, then `heed`).
+
+        Every answer is, while the answers carry them, and so is the first and every 429. Otherwise each
+        answer is looked up for one of _PROBES, in turn, until one turns up: one lookup per answer is all
+        this costs a session whose server sends none, and a server that starts sending them (say, near
+        its limit) is heard within a few answers.
+        """
+        if self._heard or status == 429:
+            return True
+        return next(self._probes) in headers
+
+    def heed(self, hint: RateLimitHint | None, now: float) -> float:
+        """Pace from an answer's rate-limit headers; returns how long nothing may be sent (0: no wait).
+
+        An announced limit caps the rate at HINT_SHARE of it from this answer on, like a ceiling (never
+        above `ceiling`): a session that was not paced is paced at once, and a lower limit lays the
+        schedule again (a new `epoch`). 429s still cut the rate below it, if MoneyKit says one thing and
+        does another. Remaining 0 with a reset: nothing goes out until the reset (up to HINT_HORIZON).
+        Once no answer has announced a limit for QUIET_RESET seconds, it is forgotten (see `reserve`).
+        """
+        self._heard = hint is not None
+        if hint is None:
+            return 0.0
+        rate = hint.rate
+        if rate is not None:
+            self._hinted_at = now
+            target = rate * HINT_SHARE
+            if target != self._hint:
+                before = self.rate(now)
+                if not self.enabled:  # unpaced, so any cut is long past: pace at the announced limit
+                    self.enabled, self._cut_at = True, -math.inf
+                self._hint = target
+                self._cap = target if self.ceiling is None else min(self.ceiling, target)
+                self.floor = min(self._floor, self._cap)
+                after = self.rate(now)
+                assert after is not None
+                if before is None or after < before:
+                    self._relay(now, after)  # no slot booked at a higher rate goes out past the limit
+        if hint.remaining == 0 and hint.reset and hint.reset <= HINT_HORIZON:
+            return hint.reset
+        return 0.0
 
     def _relay(self, now: float, rate: float) -> None:
         """Start the schedule again at `rate`: the slots booked so far are void (see `reserve`)."""
@@ -288,8 +498,8 @@ class RateController:
         share = self._accepted / answered
         keep = max(MIN_KEEP, BETA * share)
         new = max(self.floor, reference * keep)
-        if self.ceiling is not None:
-            new = min(new, self.ceiling)
+        if self._cap is not None:
+            new = min(new, self._cap)
         self._streak = self._streak + 1 if self._accepted == 0 else 0
         last, self._reference = self._reference, reference
         shallow = share >= BETA

@@ -256,3 +256,37 @@ async def test_a_deadline_that_ends_during_the_limiters_round_trip_is_not_the_li
         assert "shared rate limiter failed" not in caplog.text
         await mk.introspect("tok-2")  # booked through the fleet, not paced alone for 5 s
     assert len(fleet.bookings) == 2
+
+
+# -- rate-limit headers ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("style", ["ietf", "x-ratelimit"])
+async def test_a_batch_paces_from_announced_rate_limit_headers_and_draws_almost_no_429s(
+    fake: FakeMoneyKit, style: Any
+) -> None:
+    # A fresh session, a batch wider than the limit allows at once: without the headers it would learn the
+    # limit from a round of 429s (about a concurrency window of them); with them it paces from the first answer.
+    tokens = [fake.mint_token() for _ in range(600)]
+    fake.limit_rate(300, burst=40, headers=style)
+    async with MoneyKitSession(base_url=fake.base_url) as mk:
+        results = [r async for r in mk.introspect_many(tokens, concurrency=32)]
+        rate = mk.send_rate
+    assert all(r.ok for r in results)
+    sent = fake.count(INTROSPECT)
+    assert fake.throttled <= 0.01 * sent + 3
+    assert rate is not None and rate <= 300  # paced under the announced limit, not above it
+
+
+async def test_a_quota_spent_until_its_reset_holds_every_call_until_then(fake: FakeMoneyKit) -> None:
+    from moneykit_async import RateLimitPaused
+
+    token = fake.mint_token()
+    fake.limit_rate(1, burst=1, headers="ietf")  # the first answer says: 0 left, more in 1 s
+    events: list[Event] = []
+    async with MoneyKitSession(base_url=fake.base_url, on_event=events.append) as mk:
+        await mk.introspect(token)
+        await mk.introspect(token)  # waits out the reset instead of drawing a 429
+    assert fake.throttled == 0
+    # Each answer said 0 left: each held the session until its reset (the second one, until it closed).
+    assert [e.delay for e in events if isinstance(e, RateLimitPaused)] == [1.0, 1.0]

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import itertools
+import math
+from collections.abc import Iterator, Mapping
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from multidict import CIMultiDict
 
 from moneykit_async._rate import (
     BETA,
+    HINT_HORIZON,
+    HINT_SHARE,
     MIN_ANSWERS,
     MIN_KEEP,
     MIN_REFUSED,
@@ -19,6 +26,8 @@ from moneykit_async._rate import (
     SETTLED_HOLD,
     YOUNG_REFUSED,
     RateController,
+    RateLimitHint,
+    parse_rate_limit,
 )
 
 
@@ -395,3 +404,252 @@ def test_a_throttle_on_the_way_back_in_an_emptied_bucket_keeps_the_climb() -> No
     now = run_accepting(rc, now, 0.3, step=0.0001)
     # Still climbing fast towards the rate throttled first, not creeping up from the shallow cut.
     assert (rc.rate(now) or 0.0) > shallow * 1.3
+
+
+# -- rate-limit headers -------------------------------------------------------------------------------
+
+
+def hint(now: float = 1_700_000_000.0, **headers: str) -> RateLimitHint | None:
+    """parse_rate_limit of `headers` (underscores for dashes), case-insensitive as aiohttp's are."""
+    return parse_rate_limit(CIMultiDict({k.replace("_", "-"): v for k, v in headers.items()}), now=now)
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        # The IETF draft since -08: named policies, and a service limit per policy.
+        (
+            {"RateLimit_Policy": '"default";q=500;w=1', "RateLimit": '"default";r=36;t=0'},
+            RateLimitHint(500, 1, 36, 0),
+        ),
+        # Several policies: the lowest rate with a window of up to a minute; the lowest remaining count.
+        (
+            {
+                "RateLimit_Policy": '"permin";q=50;w=60, "persec";q=10;w=1, "daily";q=1000;w=86400',
+                "RateLimit": '"permin";r=0;t=12, "daily";r=900;t=3000',
+            },
+            RateLimitHint(50, 60, 0, 12),
+        ),
+        # Parameters the client does not know, quoted strings holding separators, a partition key.
+        (
+            {"RateLimit_Policy": '"a;b, c";q=20;w=2;comment="x, y; z";pk=:cHsdsRa894==:'},
+            RateLimitHint(20, 2, None, None),
+        ),
+        # Draft -07: policies as numbers with a window; the service limit a dictionary.
+        (
+            {"RateLimit_Policy": "10;w=1, 50;w=60", "RateLimit": "limit=10, remaining=0, reset=5"},
+            RateLimitHint(50, 60, 0, 5),
+        ),
+        ({"RateLimit": "limit=10, remaining=4, reset=5"}, RateLimitHint(10, None, 4, 5)),
+        # The drafts before: three fields, the limit perhaps with its policy.
+        (
+            {"RateLimit_Limit": "100, 100;w=10", "RateLimit_Remaining": "0", "RateLimit_Reset": "7"},
+            RateLimitHint(100, 10, 0, 7),
+        ),
+        # X-RateLimit-*: without a window the limit is no rate (per hour at GitHub); with Envoy's it is.
+        (
+            {"X_RateLimit_Limit": "5000", "X_RateLimit_Remaining": "4999", "X_RateLimit_Reset": "30"},
+            RateLimitHint(5000, None, 4999, 30),
+        ),
+        (
+            {"X_RateLimit_Limit": "10, 10;w=1", "X_RateLimit_Remaining": "0", "X_RateLimit_Reset": "1"},
+            RateLimitHint(10, 1, 0, 1),
+        ),
+        # A reset as a Unix time, in seconds (GitHub) or milliseconds; one in the past is now.
+        ({"X_RateLimit_Remaining": "0", "X_RateLimit_Reset": "1700000030"}, RateLimitHint(None, None, 0, 30)),
+        ({"X_RateLimit_Remaining": "0", "X_RateLimit_Reset": "1700000030000"}, RateLimitHint(None, None, 0, 30)),
+        ({"X_RateLimit_Remaining": "0", "X_RateLimit_Reset": "1600000000"}, RateLimitHint(None, None, 0, 0)),
+        # A policy counted in bytes is no request rate.
+        ({"RateLimit_Policy": '"b";q=65535;qu="content-bytes";w=10'}, None),
+        ({"Retry-After": "1", "Content-Type": "application/json"}, None),
+    ],
+)
+def test_rate_limit_headers_of_each_family_are_read(headers: dict[str, str], expected: RateLimitHint | None) -> None:
+    assert hint(**headers) == expected
+
+
+def test_an_announced_rate_is_a_pace_only_for_windows_of_up_to_a_minute() -> None:
+    assert RateLimitHint(500, 1, None, None).rate == 500
+    assert RateLimitHint(90, HINT_HORIZON, None, None).rate == 1.5
+    assert RateLimitHint(1000, 86400, None, None).rate is None  # a daily quota: left to the 429s
+    assert RateLimitHint(5000, None, None, None).rate is None
+    only_daily = hint(RateLimit_Policy='"daily";q=1000;w=86400')
+    assert only_daily is not None and only_daily.limit == 1000 and only_daily.rate is None
+
+
+GARBAGE = [
+    "",
+    " ",
+    "nan",
+    "inf",
+    "-1",
+    "-0",
+    "1e9",
+    "1_000",
+    "0x10",
+    "\uff15",  # a full-width 5, which float() would take
+    "1" * 16,
+    "12.",
+    '"',
+    '"unterminated;q=5;w=1',
+    ";;;,,,==",
+    "q=0;w=1",
+    '"a";q=0;w=1',
+    '"a";q=5;w=0',
+    '"a";q=5;w=-1',
+    '"a";q=5;w=nan',
+    '"a";r=-1;t=5',
+    "limit=nan, remaining=inf, reset=-1",
+    "0, 0;w=0",
+    "5;w=1" + ", 5;w=1" * 2000,  # oversized
+    "\x00\xff\u2028",
+]
+
+
+@pytest.mark.parametrize("value", GARBAGE)
+@pytest.mark.parametrize(
+    "name",
+    [
+        *("RateLimit-Policy", "RateLimit", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"),
+        *("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"),
+    ],
+)
+def test_broken_or_hostile_values_are_ignored(name: str, value: str) -> None:
+    parsed = parse_rate_limit(CIMultiDict({name: value}), now=0.0)
+    assert parsed is None or (parsed.rate is None and parsed.remaining is None)
+    # Beside a good field, a broken one takes nothing away from it.
+    good = (
+        ("RateLimit-Policy", '"p";q=100;w=1') if name != "RateLimit-Policy" else ("X-RateLimit-Limit", "100, 100;w=1")
+    )
+    beside = parse_rate_limit(CIMultiDict([good, (name, value)]), now=0.0)
+    assert beside is not None and beside.rate == 100
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "RateLimit-Policy",
+                "RateLimit",
+                "X-RateLimit-Limit",
+                "X-RateLimit-Reset",
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "X-RateLimit-Remaining",
+                "RateLimit-Reset",
+            ]
+        ),
+        st.text(max_size=60),
+    )
+)
+def test_any_headers_parse_without_raising_to_a_positive_finite_rate_or_none(headers: dict[str, str]) -> None:
+    parsed = parse_rate_limit(headers, now=1e9)
+    if parsed is not None:
+        rate = parsed.rate
+        assert rate is None or (math.isfinite(rate) and rate > 0)
+        for value in (parsed.limit, parsed.window, parsed.remaining, parsed.reset):
+            assert value is None or (math.isfinite(value) and value >= 0)
+
+
+def announced(rate: float, remaining: float | None = None, reset: float | None = None) -> RateLimitHint:
+    return RateLimitHint(rate, 1.0, remaining, reset)
+
+
+def test_an_announced_limit_paces_from_the_first_answer_just_under_it() -> None:
+    rc = RateController()
+    assert send(rc, 0.0, 64) == [0.0] * 64  # the first requests go before any answer
+    assert rc.heed(announced(500.0, remaining=36, reset=0), 0.001) == 0.0
+    assert rc.enabled and rc.rate(0.001) == pytest.approx(500 * HINT_SHARE)
+    waits = send(rc, 0.001, 100)
+    assert waits == pytest.approx([i / (500 * HINT_SHARE) for i in range(100)])  # paced, no burst on top
+    assert rc.cuts == 0 and rc.throttled == 0
+
+
+def test_an_announced_limit_never_lifts_a_given_ceiling() -> None:
+    rc = RateController(ceiling=100.0)
+    rc.heed(announced(500.0), 0.0)
+    assert rc.rate(0.0) == 100.0
+    rc.heed(announced(50.0), 0.1)
+    assert rc.rate(0.1) == pytest.approx(50 * HINT_SHARE)
+
+
+def test_a_lower_announced_limit_voids_the_slots_booked_at_the_old_one() -> None:
+    rc = RateController()
+    rc.heed(announced(1000.0), 0.0)
+    send(rc, 0.0, 200)  # slots booked up to 0.2 s ahead
+    epoch = rc.epoch
+    rc.heed(announced(1000.0), 0.01)  # the same limit again: nothing to do
+    assert rc.epoch == epoch
+    rc.heed(announced(100.0), 0.02)
+    assert rc.epoch == epoch + 1  # the callers waiting for those slots book again, at the new rate
+    assert send(rc, 0.02, 2) == pytest.approx([0.0, 1 / (100 * HINT_SHARE)])
+    rc.heed(announced(200.0), 0.03)  # a higher limit: the rate grows, nobody's slot is void
+    assert rc.epoch == epoch + 1 and rc.rate(0.03) == pytest.approx(200 * HINT_SHARE)
+
+
+def test_429s_still_cut_under_an_announced_limit_that_is_not_kept() -> None:
+    rc = RateController()
+    rc.heed(announced(1000.0), 0.0)
+    now = run_accepting(rc, 0.0, 0.5)
+    decision = rc.refused(rc.generation, now)
+    assert decision.cut is not None and decision.cut < 1000 * HINT_SHARE
+    now = run_accepting(rc, now, 20.0)
+    assert rc.rate(now) == pytest.approx(1000 * HINT_SHARE)  # climbs back to it, and no higher
+
+
+def test_remaining_zero_holds_every_send_until_the_reset() -> None:
+    rc = RateController()
+    assert rc.heed(announced(10.0, remaining=0, reset=3), 0.0) == 3
+    assert rc.heed(RateLimitHint(None, None, 0, 2), 0.0) == 2  # without a policy too
+    assert rc.heed(RateLimitHint(None, None, 1, 2), 0.0) == 0.0  # quota left
+    assert rc.heed(RateLimitHint(None, None, 0, None), 0.0) == 0.0  # no reset: the 429s will say
+    assert rc.heed(RateLimitHint(None, None, 0, HINT_HORIZON + 1), 0.0) == 0.0  # a quota: left to Retry-After
+
+
+def test_an_announced_limit_no_answer_repeats_is_forgotten_after_quiet_reset() -> None:
+    rc = RateController()
+    rc.heed(announced(100.0), 0.0)
+    rc.heed(None, 1.0)  # an answer without the headers: the limit holds for now
+    assert rc.reserve(10.0) == 0.0 and rc.enabled
+    assert rc.reserve(40.0) == 0.0
+    assert not rc.enabled and rc.rate(40.0) is None
+    rc.heed(announced(100.0), 41.0)  # announced again: paced again
+    assert rc.rate(41.0) == pytest.approx(100 * HINT_SHARE)
+
+
+class CountingHeaders(Mapping[str, str]):
+    """Headers that count how often they are looked up."""
+
+    def __init__(self, **headers: str) -> None:
+        self._headers = CIMultiDict(headers)
+        self.lookups = 0
+
+    def __getitem__(self, name: str) -> str:
+        self.lookups += 1
+        return self._headers[name]
+
+    def __contains__(self, name: object) -> bool:
+        self.lookups += 1
+        return name in self._headers
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._headers)
+
+    def __len__(self) -> int:
+        return len(self._headers)
+
+
+def test_answers_without_rate_limit_headers_cost_one_lookup_each() -> None:
+    rc = RateController()
+    first = CountingHeaders(Content_Type="application/json")
+    assert rc.heeds(first, 200)  # the first answer is read whole
+    rc.heed(parse_rate_limit(first), 0.0)
+    for _ in range(100):
+        plain = CountingHeaders(Content_Type="application/json")
+        assert not rc.heeds(plain, 200)
+        assert plain.lookups == 1
+    assert rc.heeds(CountingHeaders(), 429)  # a 429 is always read
+    rc.heed(None, 0.0)
+    # A server that starts sending them is heard within one lookup per field name.
+    found = [rc.heeds(CIMultiDict({"X-RateLimit-Limit": "10, 10;w=1"}), 200) for _ in range(4)]
+    assert found.count(True) == 1

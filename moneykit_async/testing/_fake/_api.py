@@ -13,7 +13,8 @@ What the fake copies from MoneyKit, and what it assumes (the README's "Fidelity"
   `{"keys": [...]}`; `X-Client-Id` or a (deprecated) `Authorization` header may be sent.
 - Assumed: that the key set may be fetched without any credentials, that an unknown X-Client-Id or a bad
   bearer token is refused with 401 like introspection, the error codes of 403/404/405/5xx, an
-  `X-Request-Id` header on every answer, and no Retry-After on 429 unless `limit_rate(retry_after=...)`.
+  `X-Request-Id` header on every answer, no Retry-After on 429 unless `limit_rate(retry_after=...)`, and
+  no rate-limit headers (`RateLimit-Policy`, `X-RateLimit-Limit`, ...) unless `limit_rate(headers=...)`.
 """
 
 from __future__ import annotations

@@ -3,15 +3,28 @@ arrived, redacted for display) and the token bucket behind `FakeMoneyKit.limit_r
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 from aiohttp import BasicAuth
 
 from ..._models import fingerprint
+
+RateLimitHeaders = Literal["ietf", "x-ratelimit"]
+"""The rate-limit headers `FakeMoneyKit.limit_rate(headers=...)` sends on every answer it routes:
+
+- "ietf": `RateLimit-Policy: "default";q=Q;w=W` and `RateLimit: "default";r=R;t=T`, in the syntax of
+  draft-ietf-httpapi-ratelimit-headers since -08;
+- "x-ratelimit": `X-RateLimit-Limit: Q, Q;w=W` (the limit with its window, as Envoy sends it),
+  `X-RateLimit-Remaining: R` and `X-RateLimit-Reset: T`.
+
+Q requests per W seconds is the bucket's rate (W a whole number of seconds, Q rounded down), R the whole
+requests the bucket holds after this one, T the seconds until it admits one again, rounded up (0 while it
+would admit one now)."""
 
 # Headers and form fields whose values are secrets: redacted by RecordedRequest.redacted().
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-client-secret", "cookie"})
@@ -90,12 +103,19 @@ class Fault:
 
 
 class _TokenBucket:
-    """MoneyKit's rate limit as the fake plays it: `rate` per second, bursts of `burst`."""
+    """MoneyKit's rate limit as the fake plays it: `rate` per second, bursts of `burst`, announced in
+    `headers` if asked (see `RateLimitHeaders`)."""
 
-    def __init__(self, rate: float, burst: int, retry_after: float | None) -> None:
+    def __init__(
+        self, rate: float, burst: int, retry_after: float | None, headers: RateLimitHeaders | None = None
+    ) -> None:
         self.rate = rate
         self.burst = float(burst)
         self.retry_after = retry_after
+        self.headers = headers
+        # The policy the headers announce, Q requests per W seconds: whole numbers both, as the fields take.
+        self._window = max(1, math.ceil(1 / rate)) if headers is not None else 1
+        self._quota = math.floor(rate * self._window) if headers is not None else 0
         self._tokens = float(burst)
         self._at = time.monotonic()
 
@@ -106,3 +126,21 @@ class _TokenBucket:
             self._tokens -= 1.0
             return True
         return False
+
+    def announce(self) -> dict[str, str]:
+        """The rate-limit headers of the answer to the request `take` just counted ({} if not asked)."""
+        if self.headers is None:
+            return {}
+        quota, window, tokens = self._quota, self._window, self._tokens
+        remaining = math.floor(tokens)
+        reset = 0 if tokens >= 1.0 else math.ceil((1.0 - tokens) / self.rate)
+        if self.headers == "ietf":
+            return {
+                "RateLimit-Policy": f'"default";q={quota};w={window}',
+                "RateLimit": f'"default";r={remaining};t={reset}',
+            }
+        return {
+            "X-RateLimit-Limit": f"{quota}, {quota};w={window}",
+            "X-RateLimit-Remaining": str(remaining),
+            "X-RateLimit-Reset": str(reset),
+        }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import math
 import secrets
 import ssl
 import time
@@ -13,7 +14,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, get_args
 
 from aiohttp import BasicAuth, web
 from multidict import CIMultiDict
@@ -39,7 +40,7 @@ from ._api import (
     _scope_refusal,
     error_body,
 )
-from ._scripting import Fault, RecordedRequest, _TokenBucket
+from ._scripting import Fault, RateLimitHeaders, RecordedRequest, _TokenBucket
 
 
 def _drop_connection(request: web.BaseRequest) -> None:
@@ -332,10 +333,28 @@ class FakeMoneyKit:
         """Every token the fake has issued (for tests that check tokens never leak)."""
         return list(self._tokens)
 
-    def limit_rate(self, per_second: float | None, *, burst: int = 100, retry_after: float | None = None) -> None:
+    def limit_rate(
+        self,
+        per_second: float | None,
+        *,
+        burst: int = 100,
+        retry_after: float | None = None,
+        headers: RateLimitHeaders | None = None,
+    ) -> None:
         """Answer 429 `api_error.rate_limit_exceeded` beyond `per_second` requests (a token bucket holding
-        `burst`), with `Retry-After: retry_after` if given; None lifts the limit. Counted in `throttled`."""
-        self._limit = None if per_second is None else _TokenBucket(per_second, burst, retry_after)
+        `burst`), with `Retry-After: retry_after` if given; None lifts the limit. Counted in `throttled`.
+
+        `headers` "ietf" or "x-ratelimit": announce the limit in rate-limit headers on every answer on
+        MoneyKit's paths, 429s included (not on injected faults): the IETF draft's `RateLimit-Policy` and
+        `RateLimit`, or `X-RateLimit-Limit` / `-Remaining` / `-Reset` (see `RateLimitHeaders`). MoneyKit is
+        not known to send either; this is for code that paces from them."""
+        if headers is not None and headers not in get_args(RateLimitHeaders):
+            raise ConfigurationError(
+                f"headers must be None or one of {', '.join(get_args(RateLimitHeaders))} (got {headers!r})"
+            )
+        if headers is not None and per_second is not None and not 0 < per_second < math.inf:
+            raise ConfigurationError(f"announcing a rate limit needs a finite per_second above 0 (got {per_second!r})")
+        self._limit = None if per_second is None else _TokenBucket(per_second, burst, retry_after, headers)
 
     @property
     def rate_limit(self) -> tuple[float, int, float | None] | None:
@@ -412,12 +431,16 @@ class FakeMoneyKit:
             async with self._arrived:
                 self._arrived.notify_all()
         limit = self._limit
-        if limit is not None and not limit.take(time.monotonic()):
-            self.throttled += 1
-            headers = {"X-Request-Id": uuid.uuid4().hex}
-            if limit.retry_after is not None:
-                headers["Retry-After"] = f"{limit.retry_after:g}"
-            return web.json_response(error_body(429), status=429, headers=headers)
+        announced: dict[str, str] = {}  # rate-limit headers, if limit_rate(headers=...) asked for them
+        if limit is not None:
+            admitted = limit.take(time.monotonic())
+            announced = limit.announce()
+            if not admitted:
+                self.throttled += 1
+                headers = {"X-Request-Id": uuid.uuid4().hex, **announced}
+                if limit.retry_after is not None:
+                    headers["Retry-After"] = f"{limit.retry_after:g}"
+                return web.json_response(error_body(429), status=429, headers=headers)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         task = asyncio.current_task()
@@ -440,6 +463,7 @@ class FakeMoneyKit:
                 self._handlers.discard(task)
         if not response.prepared:
             response.headers["X-Request-Id"] = uuid.uuid4().hex
+            response.headers.update(announced)
         return response
 
     async def _route(self, request: web.BaseRequest, form: Mapping[str, str]) -> web.StreamResponse:
