@@ -8,11 +8,11 @@ such traffic without a call, in a few microseconds:
 1. **Shape.** A token outside RFC 6750's `b64token` syntax, or longer than `max_token_length`, is
    refused with `InvalidInputError`.
 2. **A failure budget per caller** (the client address, by default, in the web integrations). Each
-   caller may have `failure_burst` tokens refused by MoneyKit, refilled at `failures_per_second`. An
-   unknown token holds one unit while it is checked and gives it back when it is valid (or when MoneyKit
-   could not judge it: a throttle, an outage), so the failures counted are MoneyKit's verdicts only,
-   and many honest users behind one address are never slowed by each other. Over budget:
-   `CallerOverBudgetError` (a 429 with Retry-After), no call.
+   caller may have `failure_burst` tokens refused by MoneyKit, refilled at `failures_per_second`. Only
+   MoneyKit's verdicts count (not a throttle, an outage, a timeout), and a caller with no refusal is
+   never held, so many honest users behind one address are never slowed by each other. Once a caller
+   has had a token refused, its checks in flight count against what is left of its budget, so a flood
+   cannot outrun its verdicts. Over budget: `CallerOverBudgetError` (a 429 with Retry-After), no call.
 3. **A share of MoneyKit's rate for unknown tokens.** Once MoneyKit's rate is known (the session was
    throttled, or was given `rate_limit`), unknown tokens may take at most `unknown_share` of it; tokens
    seen valid before are never counted against it, so they always have room. Callers with failures may
@@ -208,14 +208,17 @@ class Admission:
                 raise copy.copy(refused[1])
             del self._refused[key]
         record = self._caller(caller, now)
-        if record.tokens < 1:
+        # A clean caller (no refusal left unrefilled) is never held: its new tokens are presumed valid, so
+        # many users behind one address are not slowed by each other. Once MoneyKit has refused one of its
+        # tokens, the checks it has in flight count against what is left, so a flood's burst is bounded.
+        clean = record.tokens >= self.policy.failure_burst
+        if not clean and record.tokens - record.in_flight < 1:
             self.stats.refused_budget += 1
-            wait = (1 - record.tokens) / self.policy.failures_per_second
+            wait = (1 + record.in_flight - record.tokens) / self.policy.failures_per_second
             raise CallerOverBudgetError(
                 f"MoneyKit refused too many tokens from this caller; retry in {math.ceil(wait)} s",
                 retry_after=wait,
             )
-        clean = record.tokens + record.in_flight >= self.policy.failure_burst
         lane_wait = self._take_lane(now, clean)
         if lane_wait is not None:
             self.stats.refused_share += 1
@@ -224,19 +227,15 @@ class Admission:
                 retry_after=lane_wait,
             )
         self.stats.unknown += 1
-        record.tokens -= 1
         record.in_flight += 1
-        judged = False
         try:
-            details = await self._introspect(given, key)
+            return await self._introspect(given, key)
         except BaseException as exc:
-            judged = is_judged(exc)
+            if is_judged(exc):  # only MoneyKit's verdict spends the budget (not a throttle or an outage)
+                record.tokens -= 1
             raise
         finally:
             record.in_flight -= 1
-            if not judged:  # valid, or not MoneyKit's verdict (throttled, down, cancelled): give it back
-                record.tokens = min(record.tokens + 1, float(self.policy.failure_burst))
-        return details
 
     async def _introspect(self, token: str, key: bytes) -> AccessTokenDetails:
         try:

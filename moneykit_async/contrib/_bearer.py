@@ -28,9 +28,19 @@ token, and turns the outcome into a `Decision` with `authorize` (details + requi
     ConfigurationError / other UsageError, any        500    none (a bug or misconfiguration of the
       exception that is not a MoneyKitError                   service; never authorized)
     valid, every required scope                       200    (the handler runs)
+    CallerOverBudgetError (the admission: too many    429    none; Retry-After: n (no MoneyKit call)
+      of this caller's tokens MoneyKit refused)
+    UnknownTokensThrottledError (the admission:       503    none; Retry-After: n (no MoneyKit call)
+      unknown tokens used their share of the rate)
 
 Nothing but a successful introspection with every required scope, of a client that is not disabled,
 is ever allowed, except on a route marked `public`: its requests are never looked at (see `public`).
+
+Hostile traffic: by default each integration checks tokens through an `Admission` (see
+`moneykit_async._admission`): a cheap shape check, a failure budget per caller (the client address, or
+`caller_key`; a forwarded address only from `trusted_proxies`), and a capped share of MoneyKit's rate for
+unknown tokens, so garbage tokens cannot spend the service's MoneyKit rate limit. `admission=None` turns
+it off.
 
 The revocation window: the session an integration creates caches successful introspections for
 `cache_ttl` seconds (`DEFAULT_CACHE_TTL`), so a token revoked at MoneyKit keeps passing for up to that
@@ -39,6 +49,8 @@ long; `cache_ttl=None` (or 0) asks MoneyKit on every request (see `open_session`
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -49,8 +61,11 @@ import attrs
 
 from moneykit_async import (
     AccessTokenDetails,
+    AdmissionError,
+    AdmissionPolicy,
     APIError,
     AuthenticationError,
+    CallerOverBudgetError,
     ClientDisabledError,
     ExpiredAccessTokenError,
     IntrospectionCache,
@@ -62,12 +77,14 @@ from moneykit_async import (
     ServerError,
     SessionClosedError,
     TokenRefreshError,
+    UnknownTokensThrottledError,
     UsageError,
 )
 
 from .._config import check_seconds
 
 __all__ = [
+    "DEFAULT_ADMISSION",
     "DEFAULT_CACHE_TTL",
     "DEFAULT_REALM",
     "MAX_RETRY_AFTER",
@@ -76,12 +93,16 @@ __all__ = [
     "SessionSource",
     "authorize",
     "challenge",
+    "check_admission",
     "check_cache_ttl",
     "check_realm",
     "check_scopes",
+    "check_trusted_proxies",
+    "client_address",
     "decide",
     "deny",
     "is_public",
+    "log_denial",
     "open_session",
     "parse_authorization",
     "public",
@@ -105,7 +126,12 @@ _CREDENTIALS = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+)(?: +(.*))?", re.DOTALL
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 _DESCRIPTION = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
 
+logger = logging.getLogger("moneykit_async")
+
 SessionSource = MoneyKitSession | Callable[[], MoneyKitSession] | None
+# What every integration admits by default (see `Admission`); `admission=None` turns the admission off.
+DEFAULT_ADMISSION: Final = AdmissionPolicy()
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _T = TypeVar("_T")
 _PUBLIC: Final = "__moneykit_public__"
 
@@ -143,6 +169,8 @@ class Decision:
             code = "temporarily_unavailable"  # RFC 6749 §4.1.2.1's name for it; body only
         elif code is None and self.status == 500:
             code = "server_error"
+        elif code is None and self.status == 429:
+            code = "too_many_requests"  # body only, as for 503
         if code is not None:
             body["error"] = code
         body["error_description"] = self.description
@@ -203,6 +231,15 @@ def authorize(details: AccessTokenDetails, required: Sequence[str] = (), *, now:
 
 def deny(error: BaseException) -> Decision:
     """The decision when `introspect` raised `error`: never allowed (see the module's table)."""
+    if isinstance(error, CallerOverBudgetError):
+        return Decision(
+            429,
+            None,
+            "too many of this client's access tokens were refused; retry later",
+            retry_after=_whole_seconds(error.retry_after),
+        )
+    if isinstance(error, UnknownTokensThrottledError):
+        return _unavailable("the service cannot check new access tokens right now; retry shortly", error.retry_after)
     if isinstance(error, ExpiredAccessTokenError):
         return Decision(401, "invalid_token", "the access token expired")
     if isinstance(error, AuthenticationError | PermissionDeniedError) and error.error_code is None:
@@ -238,11 +275,23 @@ def decide(
     return deny(outcome)
 
 
+def log_denial(decision: Decision, error: BaseException) -> None:
+    """Log a denial that points at a problem of the service (500) or of MoneyKit (503). Refusals by the
+    admission are the defence doing its job, at flood rates: they are not logged (see `Admission.stats`)."""
+    if decision.status == 500:
+        logger.error("token check failed unexpectedly; answering 500", exc_info=error)
+    elif decision.status == 503 and not isinstance(error, AdmissionError):
+        logger.warning("token check failed (%s); answering 503", type(error).__name__)
+
+
 def _unavailable(description: str, retry_after: float | None = None) -> Decision:
-    wait = None
-    if retry_after is not None and math.isfinite(retry_after):
-        wait = min(MAX_RETRY_AFTER, max(1, math.ceil(retry_after)))
-    return Decision(503, None, description, retry_after=wait)
+    return Decision(503, None, description, retry_after=_whole_seconds(retry_after))
+
+
+def _whole_seconds(retry_after: float | None) -> int | None:
+    if retry_after is None or not math.isfinite(retry_after):
+        return None
+    return min(MAX_RETRY_AFTER, max(1, math.ceil(retry_after)))
 
 
 def _internal() -> Decision:
@@ -331,3 +380,41 @@ def public(handler: _T) -> _T:
 def is_public(handler: object) -> bool:
     """Whether `handler` was marked with `public`."""
     return getattr(handler, _PUBLIC, False) is True
+
+
+def check_admission(admission: AdmissionPolicy | None) -> AdmissionPolicy | None:
+    """An integration's `admission` argument: an `AdmissionPolicy`, or None for none."""
+    if admission is not None and not isinstance(admission, AdmissionPolicy):
+        raise TypeError(f"admission must be an AdmissionPolicy or None, got {type(admission).__name__}")
+    return admission
+
+
+def check_trusted_proxies(proxies: Iterable[str]) -> tuple[Network, ...]:
+    """Addresses or networks (CIDR) of the reverse proxies in front of the service whose
+    X-Forwarded-For may be believed; ValueError for one that is neither."""
+    if isinstance(proxies, str):
+        raise TypeError("pass trusted proxies as a list of addresses or networks, not one string")
+    return tuple(ipaddress.ip_network(proxy, strict=False) for proxy in proxies)
+
+
+def client_address(peer: str | None, forwarded_for: Sequence[str], trusted: tuple[Network, ...]) -> str | None:
+    """Who sent a request, as its admission budget's key: the peer's address, unless the peer is a trusted
+    proxy; then the nearest address in X-Forwarded-For that is not a trusted proxy, read from the right
+    (the end the proxies appended to). Whatever a client writes into X-Forwarded-For itself stands to the
+    left of what the proxies appended, so it is never chosen, and without `trusted` the header is never read.
+    """
+    if not trusted or peer is None or not _trusted(peer, trusted):
+        return peer
+    hops = [hop.strip() for value in forwarded_for for hop in value.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _trusted(hop, trusted):
+            return hop
+    return peer  # only proxies: the request began at one of them
+
+
+def _trusted(address: str, trusted: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False  # not an address (a name, garbage): never a trusted proxy
+    return any(ip in network for network in trusted)

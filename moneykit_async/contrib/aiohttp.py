@@ -43,27 +43,33 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
 from typing import Any, Final, TypeVar, cast
 
 import attrs
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 
-from moneykit_async import AccessTokenDetails, MoneyKitSession
+from moneykit_async import AccessTokenDetails, Admission, AdmissionPolicy, MoneyKitSession
 
 from ._bearer import (
+    DEFAULT_ADMISSION,
     DEFAULT_CACHE_TTL,
     DEFAULT_REALM,
     MISSING_TOKEN,
     Decision,
+    Network,
     SessionSource,
     authorize,
+    check_admission,
     check_cache_ttl,
     check_realm,
     check_scopes,
+    check_trusted_proxies,
+    client_address,
     deny,
     is_public,
+    log_denial,
     open_session,
     parse_authorization,
     public,
@@ -85,17 +91,35 @@ logger = logging.getLogger("moneykit_async")
 MONEYKIT_SESSION: Final = web.AppKey("moneykit_session", MoneyKitSession)
 """`app[MONEYKIT_SESSION]`: the shared session, from start-up to clean-up (use it for your own calls too)."""
 
+MONEYKIT_ADMISSION: Final = web.AppKey("moneykit_admission", Admission)
+"""`app[MONEYKIT_ADMISSION]`: the admission `setup` checks tokens through (absent with `admission=None`);
+its `stats` count the tokens checked and refused."""
+
+X_FORWARDED_FOR: Final = "X-Forwarded-For"
+
 TOKEN_DETAILS: Final = web.RequestKey("moneykit_token_details", AccessTokenDetails)
 """`request[TOKEN_DETAILS]`: the details of the request's token, once it was accepted (see `token_details`)."""
 
 _H = TypeVar("_H", bound=Callable[..., Awaitable[web.StreamResponse]])
 
 
+CallerKey = Callable[[web.BaseRequest], Hashable]
+
+
 @attrs.define
 class _State:
     realm: str | None
     scopes: tuple[str, ...]
+    policy: AdmissionPolicy | None = None
+    caller_key: CallerKey | None = None
+    trusted_proxies: tuple[Network, ...] = ()
     session: MoneyKitSession | None = None
+    admission: Admission | None = None
+
+    def caller(self, request: web.BaseRequest) -> Hashable:
+        if self.caller_key is not None:
+            return self.caller_key(request)
+        return client_address(request.remote, request.headers.getall(X_FORWARDED_FOR, ()), self.trusted_proxies)
 
 
 _STATE: Final = web.AppKey("moneykit_auth_state", _State)
@@ -106,6 +130,9 @@ def setup(
     session: SessionSource = None,
     *,
     cache_ttl: float | None = DEFAULT_CACHE_TTL,
+    admission: AdmissionPolicy | None = DEFAULT_ADMISSION,
+    caller_key: CallerKey | None = None,
+    trusted_proxies: Iterable[str] = (),
     scopes: Iterable[str] = (),
     realm: str | None = DEFAULT_REALM,
     protect_all: bool = True,
@@ -122,6 +149,14 @@ def setup(
       instead of one per request. A session of yours (given, or from your callable) keeps its own
       `introspection_cache` (its ttl is then the window; none: every request asks MoneyKit) and
       `cache_ttl` is not used.
+    - `admission`: how much unknown-token traffic may reach MoneyKit (an `AdmissionPolicy`; the default
+      one unless given; None: none). Tokens of the wrong shape get 400, a caller whose tokens MoneyKit
+      keeps refusing gets 429 with Retry-After, and unknown tokens beyond their share of MoneyKit's rate
+      get 503 with Retry-After, all without a MoneyKit call; `app[MONEYKIT_ADMISSION].stats` counts them.
+    - `caller_key`: who a request's budget belongs to: a function of the request (default: the client's
+      address, `request.remote`).
+    - `trusted_proxies`: addresses or networks of your reverse proxies; only behind them is the nearest
+      untrusted X-Forwarded-For address the caller (a header a client sets itself is never believed).
     - `scopes`: scopes every protected route requires (on top of each route's `@require_scopes`).
     - `realm`: the `realm` of the `WWW-Authenticate` challenges (None: none).
     - `protect_all`: True (default) means every route needs a valid token unless its handler is
@@ -130,7 +165,13 @@ def setup(
     """
     if _STATE in app:
         raise RuntimeError("moneykit_async.contrib.aiohttp.setup() was already called on this application")
-    state = _State(check_realm(realm), check_scopes(scopes))
+    state = _State(
+        check_realm(realm),
+        check_scopes(scopes),
+        check_admission(admission),
+        caller_key,
+        check_trusted_proxies(trusted_proxies),
+    )
     context = session_context(session, state, cache_ttl=cache_ttl)
     app[_STATE] = state
     app.cleanup_ctx.append(context)
@@ -151,6 +192,8 @@ def session_context(
         app[MONEYKIT_SESSION] = mk  # start-up runs before the app is frozen
         if _state is not None:
             _state.session = mk
+            if _state.policy is not None:
+                _state.admission = app[MONEYKIT_ADMISSION] = Admission(mk, _state.policy)
         try:
             yield
         finally:
@@ -269,20 +312,17 @@ async def _authenticate(
     try:
         if session is None:
             raise RuntimeError("the MoneyKit session is not open: the application has not started")
-        details = await session.introspect(token)
+        admission = state.admission
+        if admission is None:
+            details = await session.introspect(token)
+        else:
+            details = await admission.check(token, state.caller(request))
     except Exception as exc:  # noqa: BLE001 - every failure must become a denial, never a pass
         decision = deny(exc)
-        _log(decision, exc)
+        log_denial(decision, exc)
         return decision
     decision = authorize(details, required)
     return details if decision.allowed else decision
-
-
-def _log(decision: Decision, exc: Exception) -> None:
-    if decision.status == 500:
-        logger.error("token check failed unexpectedly; answering 500", exc_info=exc)
-    elif decision.status == 503:
-        logger.warning("token check failed (%s); answering 503", type(exc).__name__)
 
 
 def _respond(decision: Decision, realm: str | None) -> web.Response:

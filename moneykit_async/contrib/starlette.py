@@ -48,7 +48,7 @@ import contextlib
 import functools
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Sequence
 from typing import Any, TypeVar, cast
 
 try:
@@ -66,26 +66,32 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subproce
         name=exc.name,
     ) from exc
 
-from moneykit_async import AccessTokenDetails, MoneyKitSession
+from moneykit_async import AccessTokenDetails, Admission, AdmissionPolicy, MoneyKitSession
 
 from ._bearer import (
+    DEFAULT_ADMISSION,
     DEFAULT_CACHE_TTL,
     DEFAULT_REALM,
     MISSING_TOKEN,
     Decision,
     SessionSource,
     authorize,
+    check_admission,
     check_cache_ttl,
     check_realm,
     check_scopes,
+    check_trusted_proxies,
+    client_address,
     deny,
     is_public,
+    log_denial,
     open_session,
     parse_authorization,
     public,
 )
 
 __all__ = [
+    "DEFAULT_ADMISSION",
     "DEFAULT_CACHE_TTL",
     "MoneyKitAuth",
     "MoneyKitAuthenticationError",
@@ -146,6 +152,14 @@ class MoneyKitAuth:
       instead of one per request. A session of yours (given, or from your callable) keeps its own
       `introspection_cache` (its ttl is then the window; none: every request asks MoneyKit) and
       `cache_ttl` is not used.
+    - `admission`: how much unknown-token traffic may reach MoneyKit (an `AdmissionPolicy`; the default
+      one unless given; None: none). Tokens of the wrong shape get 400, a caller whose tokens MoneyKit
+      keeps refusing gets 429 with Retry-After, and unknown tokens beyond their share of MoneyKit's rate
+      get 503 with Retry-After, all without a MoneyKit call; `auth.admission.stats` counts them.
+    - `caller_key`: who a request's budget belongs to: a function of the request (default: the client's
+      address, `request.client.host`).
+    - `trusted_proxies`: addresses or networks of your reverse proxies; only behind them is the nearest
+      untrusted X-Forwarded-For address the caller (a header a client sets itself is never believed).
     - `realm`: the `realm` of the `WWW-Authenticate` challenges (None: none).
     """
 
@@ -154,13 +168,35 @@ class MoneyKitAuth:
         session: SessionSource = None,
         *,
         cache_ttl: float | None = DEFAULT_CACHE_TTL,
+        admission: AdmissionPolicy | None = DEFAULT_ADMISSION,
+        caller_key: Callable[[HTTPConnection], Hashable] | None = None,
+        trusted_proxies: Iterable[str] = (),
         realm: str | None = DEFAULT_REALM,
     ) -> None:
         self.realm = check_realm(realm)
         self.cache_ttl = check_cache_ttl(cache_ttl)
+        self._policy = check_admission(admission)
+        self._caller_key = caller_key
+        self._trusted = check_trusted_proxies(trusted_proxies)
         self._source = session
         self._session = session if isinstance(session, MoneyKitSession) else None
+        self._admission: Admission | None = None
         self._running = False
+
+    @property
+    def admission(self) -> Admission | None:
+        """The admission tokens are checked through (None with `admission=None`, or before the session is
+        open); its `stats` count the tokens checked and refused."""
+        if self._admission is None and self._policy is not None and self._session is not None:
+            self._admission = Admission(self._session, self._policy)
+        return self._admission
+
+    def caller(self, conn: HTTPConnection) -> Hashable:
+        """Whose budget a request's token is checked against (see `caller_key`, `trusted_proxies`)."""
+        if self._caller_key is not None:
+            return self._caller_key(conn)
+        peer = conn.client.host if conn.client is not None else None
+        return client_address(peer, conn.headers.getlist("x-forwarded-for"), self._trusted)
 
     @property
     def session(self) -> MoneyKitSession:
@@ -178,7 +214,7 @@ class MoneyKitAuth:
         if self._running:
             raise RuntimeError("this MoneyKitAuth's lifespan is already running (one app at a time)")
         session, owned = open_session(self._source, self.cache_ttl)
-        self._session, self._running = session, True
+        self._session, self._admission, self._running = session, None, True
         try:
             yield
         finally:
@@ -204,13 +240,15 @@ class MoneyKitAuth:
         if isinstance(token, Decision):
             return token
         try:
-            details = await self.session.introspect(token)
-        except Exception as exc:  # every failure must become a denial, never a pass
+            session = self.session
+            admission = self.admission
+            if admission is None:
+                details = await session.introspect(token)
+            else:
+                details = await admission.check(token, self.caller(conn))
+        except Exception as exc:  # noqa: BLE001 - every failure must become a denial, never a pass
             decision = deny(exc)
-            if decision.status == 500:
-                logger.error("token check failed unexpectedly; answering 500", exc_info=exc)
-            elif decision.status == 503:
-                logger.warning("token check failed (%s); answering 503", type(exc).__name__)
+            log_denial(decision, exc)
             return decision
         decision = authorize(details, scopes)
         if not decision.allowed:

@@ -153,17 +153,32 @@ async def test_only_moneykits_verdict_spends_the_budget(session: Session, clock:
     assert len(session.calls) == 3 and gate.stats.rejected == 0
 
 
-async def test_unknown_tokens_in_flight_hold_the_budget(session: Session, clock: Clock) -> None:
-    # A flood arrives faster than MoneyKit answers: what is in flight counts, or a burst would be unbounded.
+async def test_once_refused_a_callers_checks_in_flight_hold_its_budget(session: Session, clock: Clock) -> None:
+    # A flood arrives faster than MoneyKit answers: once the caller has had a refusal, what it has in flight
+    # counts against what is left, or its burst would be as large as MoneyKit is slow.
     gate = admission(session, clock, failure_burst=3)
+    with pytest.raises(AuthenticationError):
+        await gate.check(garbage(), "attacker")  # 2 left
     session.gate = asyncio.Event()
-    pending = [asyncio.ensure_future(gate.check(garbage(), "attacker")) for _ in range(3)]
+    pending = [asyncio.ensure_future(gate.check(garbage(), "attacker")) for _ in range(2)]
     await asyncio.sleep(0)
     with pytest.raises(CallerOverBudgetError):
         await gate.check(garbage(), "attacker")
     session.gate.set()
     results = await asyncio.gather(*pending, return_exceptions=True)
     assert all(isinstance(r, AuthenticationError) for r in results) and len(session.calls) == 3
+
+
+async def test_a_clean_caller_is_never_held_by_its_checks_in_flight(session: Session, clock: Clock) -> None:
+    gate = admission(session, clock, failure_burst=3)
+    session.gate = asyncio.Event()
+    tokens = [garbage() for _ in range(50)]
+    session.valid.update(tokens)
+    pending = [asyncio.ensure_future(gate.check(token, "office-nat")) for token in tokens]
+    await asyncio.sleep(0)
+    assert len(session.calls) == 50  # fifty new tokens at once from one address: none held back
+    session.gate.set()
+    assert all(r is DETAILS for r in await asyncio.gather(*pending))
 
 
 async def test_unknown_tokens_take_at_most_their_share_and_known_ones_always_pass(

@@ -12,9 +12,11 @@ import pytest
 import moneykit_async
 from moneykit_async import (
     AccessTokenDetails,
+    AdmissionError,
     APIError,
     App,
     AuthenticationError,
+    CallerOverBudgetError,
     ClientDisabledError,
     ConfigurationError,
     ExpiredAccessTokenError,
@@ -31,6 +33,7 @@ from moneykit_async import (
     SessionClosedError,
     TokenRefreshError,
     TransportError,
+    UnknownTokensThrottledError,
     UsageError,
 )
 from moneykit_async.contrib._bearer import (
@@ -42,6 +45,8 @@ from moneykit_async.contrib._bearer import (
     challenge,
     check_realm,
     check_scopes,
+    check_trusted_proxies,
+    client_address,
     decide,
     deny,
     is_public,
@@ -88,6 +93,9 @@ ERROR_TABLE: list[tuple[BaseException, int, str | None]] = [
     (TokenRefreshError("no token"), 503, None),
     (SessionClosedError("closed"), 503, None),
     (UnknownFutureError("new"), 503, None),
+    (CallerOverBudgetError("too many refused", retry_after=4.2), 429, None),
+    (UnknownTokensThrottledError("share used", retry_after=0.3), 503, None),
+    (AdmissionError("refused", retry_after=1), 503, None),
     (MoneyKitError("base"), 503, None),
     (ConfigurationError("bad settings"), 500, None),
     (MissingCredentialsError("no credentials"), 500, None),
@@ -113,6 +121,42 @@ def test_every_error_is_denied_with_its_answer(error: BaseException, status: int
         )
     else:
         assert "WWW-Authenticate" not in headers  # a 5xx is no authentication challenge
+
+
+def test_admission_refusals_carry_their_retry_after() -> None:
+    over = deny(CallerOverBudgetError("too many refused", retry_after=4.2))
+    assert over.headers("api") == {"Retry-After": "5"} and over.body()["error"] == "too_many_requests"
+    assert deny(UnknownTokensThrottledError("share used", retry_after=0.3)).headers("api") == {"Retry-After": "1"}
+
+
+TRUSTED = check_trusted_proxies(["10.0.0.0/8", "::1"])
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "expected"),
+    [
+        ("203.0.113.9", ["1.2.3.4"], "203.0.113.9"),  # not from a proxy: the header is never read
+        ("10.0.0.5", ["198.51.100.7"], "198.51.100.7"),  # from our proxy: the address it appended
+        ("10.0.0.5", ["1.2.3.4, 198.51.100.7"], "198.51.100.7"),  # the client's own entry is ignored
+        ("10.0.0.5", ["spoofed", "198.51.100.7, 10.0.0.9"], "198.51.100.7"),  # two proxies, two headers
+        ("10.0.0.5", ["1.2.3.4, 10.0.0.6"], "1.2.3.4"),  # behind two proxies
+        ("10.0.0.5", [], "10.0.0.5"),  # no header: the proxy itself
+        ("::1", ["2001:db8::1"], "2001:db8::1"),
+        (None, ["1.2.3.4"], None),
+    ],
+)
+def test_a_forwarded_address_is_believed_only_from_a_trusted_proxy(
+    peer: str | None, forwarded: list[str], expected: str | None
+) -> None:
+    assert client_address(peer, forwarded, TRUSTED) == expected
+    assert client_address(peer, forwarded, ()) == peer  # no trusted proxies: never read
+
+
+def test_trusted_proxies_are_checked() -> None:
+    with pytest.raises(ValueError, match="does not appear to be an IPv4 or IPv6"):
+        check_trusted_proxies(["not-a-network"])
+    with pytest.raises(TypeError, match="list"):
+        check_trusted_proxies("10.0.0.0/8")
 
 
 def test_the_table_covers_the_whole_error_tree() -> None:
