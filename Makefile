@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit bench clean redis-server
+.PHONY: demo test lint typecheck unit docs docs-build bench clean redis-server
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -15,11 +15,12 @@ demo: $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check .
 	$(BIN)/python -m moneykit_async demo
 
-## test: install with the dev dependency group, then lint, type-check and run the whole suite with coverage
+## test: install with the dev and docs dependency groups, then lint, type-check, build the docs and run the whole
+## suite with coverage
 test: $(BIN)/python redis-server
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade 'pip>=25.1'
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --group dev -e .
-	$(MAKE) lint typecheck unit
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --group dev --group docs -e .
+	$(MAKE) lint typecheck docs-build unit
 
 # The fleet tests (RedisTokenStore, arq) start their own redis-server. Installed here where that can be done
 # without asking (root with apt-get, as in CI); otherwise they are skipped, and both this and pytest say so loudly.
@@ -41,6 +42,18 @@ unit:
 	$(BIN)/coverage run -m pytest -W error
 	$(BIN)/coverage combine --quiet
 	$(BIN)/coverage report
+
+## docs: install the docs dependency group, then build the documentation into build/site/ (open index.html there)
+docs: $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade 'pip>=25.1'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --group docs
+	$(MAKE) docs-build
+
+# Warnings are errors (strict: true in mkdocs.yml): a broken link, a missing anchor, an included file or a
+# documented name that no longer exists fails the build (not with --quiet: it hides the warnings, and strict
+# then passes). The variable hides a notice about MkDocs 2.
+docs-build:
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 ## bench: the side-by-side benchmarks: throughput against a fair raw-aiohttp baseline, then rate-limited
 ## batches (this SDK, an ideal paced client, the official client), then the web integrations' overhead per request
