@@ -1,11 +1,22 @@
-"""Side-by-side benchmark: this SDK against raw aiohttp, httpx and the official `moneykit` client.
+"""Throughput benchmark: this SDK against a lean hand-written aiohttp loop, on a server that is not the bottleneck.
 
     make bench                      # or: python benchmarks/bench.py [--tokens N] [--rounds R]
 
-One loopback server runs in its own process (benchmarks/server.py). Every contender runs in a fresh
-subprocess of its own (so peak RSS and CPU time are its own), the contenders alternate round by
-round, and each figure is the median over the rounds. Ratios are against raw aiohttp measured in the
-same run. A separate memory run compares peak RSS for 20k and 200k tokens fed by a generator.
+The server is nginx on loopback (benchmarks/nginx.conf, started and stopped here on a free port)
+answering every request with the same introspection body; a pipelined blast first measures what it
+can serve, which must be at least 5 times what any contender sends, so only the client is measured.
+Without nginx (and no way to install it) the benchmark falls back to benchmarks/server.py, loudly.
+
+The baseline is what a competent user writes by hand: one `aiohttp.ClientSession`, `concurrency`
+worker coroutines pulling tokens from one shared iterator, `async with s.get(...) as r: await r.json()`,
+nothing else per request. The SDK's contenders: `introspect_many` (ordered and unordered),
+`introspect` called by the same workers under `gather`, and the CLI's `check` on a token file (JSON
+Lines to /dev/null). Every contender runs in a fresh process, warms up on the same few hundred tokens,
+then is measured (wall clock and CPU time) over `--tokens`; contenders alternate round by round, and
+each figure is the median over the rounds, with its range. Every contender gets the same treatment:
+the same JSON library (orjson when installed, as the SDK uses it), the default event loop, the same
+allocator setting. Then: the cost of an introspection cache hit, and peak RSS of `introspect_many`
+over a generator of 20,000 and 1,000,000 tokens.
 """
 
 from __future__ import annotations
@@ -13,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import resource
 import statistics
@@ -21,167 +31,128 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-CONTENDERS = [
-    "raw_aiohttp",
-    "sdk_introspect_many",
-    "sdk_introspect_many_unobserved",
-    "sdk_introspect_many_unordered",
-    "sdk_gather",
-    "cli_check",
-    "httpx",
-    "official_threads",
-]
-WARMUP = 300
+CONTENDERS = ["raw_aiohttp", "sdk_introspect_many", "sdk_introspect_many_unordered", "sdk_gather", "cli_check"]
+LABELS = {
+    "raw_aiohttp": "raw aiohttp, 64 workers (baseline)",
+    "sdk_introspect_many": "`introspect_many`",
+    "sdk_introspect_many_unordered": "`introspect_many(ordered=False)`",
+    "sdk_gather": "`introspect` in 64 workers under `gather`",
+    "cli_check": "`moneykit-async check` (JSON Lines to /dev/null)",
+}
+WARMUP = 500
+MIN_HEADROOM = 5.0  # the server must serve at least this many times what the fastest contender sends
+
+try:  # the JSON library the SDK uses; the baseline uses the same one
+    import orjson
+
+    LOADS: Callable[[bytes], Any] = orjson.loads
+    JSON_LIBRARY = "orjson"
+except ImportError:
+    LOADS = json.loads
+    JSON_LIBRARY = "json"
 
 
 # -- the contenders (each runs in its own process) -------------------------------------------------
 
 
-def tokens(n: int) -> Iterator[str]:
-    for i in range(n):
+def tokens(n: int, start: int = 0) -> Iterator[str]:
+    for i in range(start, start + n):
         yield f"tok_{i:09d}"
 
 
-async def raw_aiohttp(url: str, n: int, concurrency: int) -> list[float]:
+class Meter:
+    """Wall clock and CPU time of the measured phase only (after the warm-up)."""
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+        self.cpu = _cpu()
+
+    def stop(self) -> None:
+        self.wall = time.perf_counter() - self.started
+        self.cpu = _cpu() - self.cpu
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def raw_aiohttp(url: str, n: int, concurrency: int, meter: Meter) -> None:
     import aiohttp
 
-    latencies: list[float] = []
+    url += "/auth/introspect"
     async with aiohttp.ClientSession() as session:
-        semaphore = asyncio.Semaphore(concurrency)
 
-        async def one(token: str) -> None:
-            async with semaphore:
-                started = time.perf_counter()
-                async with session.get(url + "/auth/introspect", headers={"Authorization": "Bearer " + token}) as r:
-                    await r.json()
-                latencies.append(time.perf_counter() - started)
+        async def work(source: Iterator[str]) -> None:
+            for token in source:
+                async with session.get(url, headers={"Authorization": "Bearer " + token}) as r:
+                    await r.json(loads=LOADS)
 
-        await asyncio.gather(*(one(t) for t in tokens(WARMUP)))
-        latencies.clear()
-        await asyncio.gather(*(one(t) for t in tokens(n)))
-    return latencies
+        async def run(source: Iterator[str]) -> None:
+            await asyncio.gather(*(work(source) for _ in range(concurrency)))
 
-
-def request_latencies() -> tuple[list[float], Callable[[object], None]]:
-    """Per-request latency from the SDK's own RequestFinished events: request sent to body parsed,
-    the same span raw aiohttp's figure covers (get + json inside the semaphore)."""
-    from moneykit_async import RequestFinished
-
-    latencies: list[float] = []
-
-    def on_event(event: object) -> None:
-        if isinstance(event, RequestFinished):
-            latencies.append(event.elapsed)
-
-    return latencies, on_event
+        await run(tokens(WARMUP, n))
+        meter.start()
+        await run(tokens(n))
+        meter.stop()
 
 
-async def sdk_introspect_many(
-    url: str, n: int, concurrency: int, ordered: bool = True, observed: bool = True
-) -> list[float]:
-    """`observed`: latency from the SDK's events (a hook sees every call, as a metrics user's would);
-    without it, no hook at all: the cost of the SDK alone, with no latency figure."""
+async def sdk_introspect_many(url: str, n: int, concurrency: int, meter: Meter, ordered: bool = True) -> None:
     from moneykit_async import MoneyKitSession
 
-    latencies, on_event = request_latencies()
-    hook = {"on_event": on_event} if observed else {}
-    async with MoneyKitSession(base_url=url, max_connections=concurrency, **hook) as mk:
-        async for _ in mk.introspect_many(tokens(WARMUP), concurrency=concurrency):
+    async with MoneyKitSession(base_url=url) as mk:
+        async for _ in mk.introspect_many(tokens(WARMUP, n), concurrency=concurrency, ordered=ordered):
             pass
-        latencies.clear()
+        meter.start()
+        ok = 0
         async for result in mk.introspect_many(tokens(n), concurrency=concurrency, ordered=ordered):
-            assert result.ok, result.error
-    return latencies
+            ok += result.ok
+        meter.stop()
+    assert ok == n, f"{n - ok} tokens failed"
 
 
-async def cli_check(url: str, n: int, concurrency: int) -> list[float]:
-    """`moneykit-async check` on a token file, JSON Lines to /dev/null (the CLI's own code path)."""
+async def sdk_gather(url: str, n: int, concurrency: int, meter: Meter) -> None:
+    """The baseline's own harness, with `await mk.introspect(token)` for the aiohttp call."""
+    from moneykit_async import MoneyKitSession
+
+    async with MoneyKitSession(base_url=url) as mk:
+
+        async def work(source: Iterator[str]) -> None:
+            for token in source:
+                await mk.introspect(token)
+
+        async def run(source: Iterator[str]) -> None:
+            await asyncio.gather(*(work(source) for _ in range(concurrency)))
+
+        await run(tokens(WARMUP, n))
+        meter.start()
+        await run(tokens(n))
+        meter.stop()
+
+
+async def cli_check(url: str, n: int, concurrency: int, meter: Meter) -> None:
+    """`moneykit-async check FILE` on a token file, JSON Lines to /dev/null (the CLI's own code path)."""
     from moneykit_async import MoneyKitSession
     from moneykit_async.cli._check import run_check
 
-    latencies, on_event = request_latencies()
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as file:
-        file.writelines(t + "\n" for t in tokens(WARMUP))
-        warm = file.name
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as file:
-        file.writelines(t + "\n" for t in tokens(n))
-        path = file.name
-    try:
+    with tempfile.TemporaryDirectory() as tmp:
+        warm, path = Path(tmp, "warm.txt"), Path(tmp, "tokens.txt")
+        warm.write_text("".join(t + "\n" for t in tokens(WARMUP, n)))  # noqa: ASYNC240 - before the run
+        path.write_text("".join(t + "\n" for t in tokens(n)))  # noqa: ASYNC240
         with open(os.devnull, "w") as out, open(os.devnull, "w") as err:  # noqa: ASYNC230 - /dev/null, once
-            async with MoneyKitSession(base_url=url, max_connections=concurrency, on_event=on_event) as mk:
+            async with MoneyKitSession(base_url=url) as mk:
                 await run_check(mk, os.open(warm, os.O_RDONLY), out, err, concurrency=concurrency, close=True)
-                latencies.clear()
-                await run_check(mk, os.open(path, os.O_RDONLY), out, err, concurrency=concurrency, close=True)
-    finally:
-        os.unlink(warm)
-        os.unlink(path)
-    return latencies
-
-
-async def sdk_gather(url: str, n: int, concurrency: int) -> list[float]:
-    from moneykit_async import MoneyKitSession
-
-    latencies, on_event = request_latencies()
-    async with MoneyKitSession(base_url=url, max_connections=concurrency, on_event=on_event) as mk:
-        semaphore = asyncio.Semaphore(concurrency)
-
-        async def one(token: str) -> None:
-            async with semaphore:
-                await mk.introspect(token)
-
-        await asyncio.gather(*(one(t) for t in tokens(WARMUP)))
-        latencies.clear()
-        await asyncio.gather(*(one(t) for t in tokens(n)))
-    return latencies
-
-
-async def httpx_client(url: str, n: int, concurrency: int) -> list[float]:
-    import httpx
-
-    latencies: list[float] = []
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits) as client:
-        semaphore = asyncio.Semaphore(concurrency)
-
-        async def one(token: str) -> None:
-            async with semaphore:
-                started = time.perf_counter()
-                response = await client.get(url + "/auth/introspect", headers={"Authorization": "Bearer " + token})
-                response.json()
-                latencies.append(time.perf_counter() - started)
-
-        await asyncio.gather(*(one(t) for t in tokens(WARMUP)))
-        latencies.clear()
-        await asyncio.gather(*(one(t) for t in tokens(n)))
-    return latencies
-
-
-def official_threads(url: str, n: int, concurrency: int) -> list[float]:
-    import moneykit
-    from moneykit.api.access_token_api import AccessTokenApi
-
-    config = moneykit.Configuration(host=url)
-    config.connection_pool_maxsize = concurrency
-    latencies: list[float] = []
-    with moneykit.ApiClient(config) as client:
-        api = AccessTokenApi(client)
-
-        def one(token: str) -> None:
-            started = time.perf_counter()
-            api.instrospect_client(_headers={"Authorization": "Bearer " + token})
-            latencies.append(time.perf_counter() - started)
-
-        with ThreadPoolExecutor(concurrency) as pool:
-            list(pool.map(one, tokens(WARMUP)))
-            latencies.clear()
-            list(pool.map(one, tokens(n)))
-    return latencies
+                meter.start()
+                outcomes = await run_check(
+                    mk, os.open(path, os.O_RDONLY), out, err, concurrency=concurrency, close=True
+                )
+                meter.stop()
+    assert outcomes["valid"] == n, outcomes
 
 
 def settle_allocator() -> None:
@@ -192,35 +163,45 @@ def settle_allocator() -> None:
     del block
 
 
+RUNNERS: dict[str, Callable[[str, int, int, Meter], Coroutine[Any, Any, None]]] = {
+    "raw_aiohttp": raw_aiohttp,
+    "sdk_introspect_many": sdk_introspect_many,
+    "sdk_introspect_many_unordered": lambda url, n, c, meter: sdk_introspect_many(url, n, c, meter, ordered=False),
+    "sdk_gather": sdk_gather,
+    "cli_check": cli_check,
+}
+
+
 def run_contender(name: str, url: str, n: int, concurrency: int) -> dict[str, Any]:
     settle_allocator()
-    runners: dict[str, Callable[[], list[float]]] = {
-        "raw_aiohttp": lambda: asyncio.run(raw_aiohttp(url, n, concurrency)),
-        "sdk_introspect_many": lambda: asyncio.run(sdk_introspect_many(url, n, concurrency)),
-        "sdk_introspect_many_unobserved": lambda: asyncio.run(sdk_introspect_many(url, n, concurrency, observed=False)),
-        "sdk_introspect_many_unordered": lambda: asyncio.run(sdk_introspect_many(url, n, concurrency, ordered=False)),
-        "sdk_gather": lambda: asyncio.run(sdk_gather(url, n, concurrency)),
-        "cli_check": lambda: asyncio.run(cli_check(url, n, concurrency)),
-        "httpx": lambda: asyncio.run(httpx_client(url, n, concurrency)),
-        "official_threads": lambda: official_threads(url, n, concurrency),
-    }
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    started = time.perf_counter()
-    latencies = runners[name]()
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    latencies.sort()
-    total = n + WARMUP
+    meter = Meter()
+    asyncio.run(RUNNERS[name](url, n, concurrency, meter))
     return {
         "contender": name,
         "requests": n,
-        "requests_per_s": n / (wall * n / total),  # warm-up runs at the same rate; scale wall to n
-        "cpu_us_per_request": cpu / total * 1e6,
-        "p50_ms": latencies[len(latencies) // 2] * 1e3 if latencies else math.nan,
-        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3 if latencies else math.nan,
-        "peak_rss_mb": after.ru_maxrss / 1024,
+        "requests_per_s": n / meter.wall,
+        "cpu_us_per_request": meter.cpu / n * 1e6,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+
+
+def cache_hit_run(url: str, hits: int = 200_000) -> dict[str, Any]:
+    """µs per `await mk.introspect(token)` answered from an IntrospectionCache (best of 5 passes)."""
+    from moneykit_async import IntrospectionCache, MoneyKitSession
+
+    async def main() -> float:
+        async with MoneyKitSession(base_url=url, introspection_cache=IntrospectionCache(ttl=3600)) as mk:
+            await mk.introspect("tok_cached")
+            best = float("inf")
+            for _ in range(5):
+                started = time.perf_counter()
+                for _ in range(hits):
+                    await mk.introspect("tok_cached")
+                best = min(best, (time.perf_counter() - started) / hits)
+            return best
+
+    settle_allocator()
+    return {"cache_hit_us": asyncio.run(main()) * 1e6}
 
 
 def memory_run(url: str, n: int, concurrency: int) -> dict[str, Any]:
@@ -228,54 +209,136 @@ def memory_run(url: str, n: int, concurrency: int) -> dict[str, Any]:
 
     async def main() -> int:
         ok = 0
-        async with MoneyKitSession(base_url=url, max_connections=concurrency) as mk:
+        async with MoneyKitSession(base_url=url) as mk:
             async for result in mk.introspect_many(tokens(n), concurrency=concurrency):
                 ok += result.ok
         return ok
 
+    settle_allocator()
     ok = asyncio.run(main())
     return {"tokens": n, "ok": ok, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+# -- the server ------------------------------------------------------------------------------------
+
+
+class Server:
+    """nginx when it can be had (see _nginx.py), else benchmarks/server.py, with a loud warning."""
+
+    def __init__(self) -> None:
+        from _nginx import Nginx, find_nginx
+
+        executable, why = find_nginx()
+        self.fallback = why
+        self._nginx = Nginx(executable) if executable is not None else None
+        self._python: subprocess.Popen[bytes] | None = None
+        self._tmp = tempfile.TemporaryDirectory()
+        self.kind = "nginx" if self._nginx is not None else "python"
+
+    def __enter__(self) -> Server:
+        if self._nginx is not None:
+            self._nginx.start()
+            self.url, self.pid = self._nginx.url, self._nginx.pid
+            return self
+        port_file = os.path.join(self._tmp.name, "port")
+        self._python = subprocess.Popen([sys.executable, str(HERE / "server.py"), port_file])
+        while not os.path.exists(port_file):
+            time.sleep(0.05)
+        self.url, self.pid = f"http://127.0.0.1:{Path(port_file).read_text()}", self._python.pid
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._nginx is not None:
+            self._nginx.stop()
+        if self._python is not None:
+            self._python.terminate()
+            self._python.wait()
+        self._tmp.cleanup()
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def capacity(server: Server) -> dict[str, float]:
+    """What the server answers under a pipelined blast from another process, and its CPU share meanwhile."""
+    before, started = server.cpu_seconds(), time.perf_counter()
+    port = server.url.rsplit(":", 1)[1]
+    rate = float(child(["--blast", port])["requests_per_s"])
+    share = (server.cpu_seconds() - before) / (time.perf_counter() - started)
+    return {"requests_per_s": rate, "cpu_share": share}
 
 
 # -- the harness -----------------------------------------------------------------------------------
 
 
-def cpu_seconds_of(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def child(args: list[str]) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True, timeout=900)
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, timeout=1800, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"bench.py {' '.join(args)} failed:\n{out.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    header = (
-        "| contender | req/s | × raw | CPU µs/req | Δ CPU vs raw | p50 ms | p99 ms | p99 × raw | peak RSS MB |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-    )
-    lines = [header]
+def spread(values: list[float], fmt: str) -> str:
+    """The median, and the range (lowest to highest) when there is more than one value."""
+    median = format(statistics.median(values), fmt)
+    if len(values) < 2:
+        return median
+    return f"{median} ({format(min(values), fmt)}–{format(max(values), fmt)})"
+
+
+def summarize(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per contender: medians and ranges, with ratios and CPU deltas taken round by round against the
+    baseline's run of the same round."""
+    base = runs.get("raw_aiohttp")
+    rows = []
+    for name, rs in runs.items():
+        row: dict[str, Any] = {"contender": name}
+        for key in ("requests_per_s", "cpu_us_per_request", "peak_rss_mb", "server_cpu_share"):
+            values = [r[key] for r in rs]
+            row[key] = statistics.median(values)
+            row[key + "_range"] = [min(values), max(values)]
+        if base:
+            pairs = list(zip(rs, base, strict=True))
+            row["ratios"] = [r["requests_per_s"] / b["requests_per_s"] for r, b in pairs]
+            row["cpu_deltas_us"] = [r["cpu_us_per_request"] - b["cpu_us_per_request"] for r, b in pairs]
+            row["cpu_ratios"] = [r["cpu_us_per_request"] / b["cpu_us_per_request"] for r, b in pairs]
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict[str, Any]], runs: dict[str, list[dict[str, Any]]]) -> str:
+    lines = [
+        "| contender | req/s | × baseline | CPU µs/req | Δ CPU µs/req vs baseline | × baseline by CPU | peak RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
+        rs = runs[r["contender"]]
         lines.append(
-            f"| {r['contender']} | {r['requests_per_s']:,.0f} | {r['throughput_ratio']:.2f} | "
-            f"{r['cpu_us_per_request']:.0f} | {r['cpu_overhead_us']:+.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-            f"{r['p99_ratio']:.2f} | {r['peak_rss_mb']:.0f} |"
+            f"| {LABELS.get(r['contender'], r['contender'])} "
+            f"| {spread([x['requests_per_s'] for x in rs], ',.0f')} "
+            f"| {spread(r.get('ratios', [1.0]), '.2f')} "
+            f"| {spread([x['cpu_us_per_request'] for x in rs], '.1f')} "
+            f"| {spread(r.get('cpu_deltas_us', [0.0]), '+.1f')} "
+            f"| {spread([1 / x for x in r.get('cpu_ratios', [1.0])], '.2f')} "
+            f"| {r['peak_rss_mb']:.0f} |"
         )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=10_000)
+    parser.add_argument("--tokens", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
-    parser.add_argument("--memory", default="20000,200000", help="token counts for the memory run ('' skips it)")
+    parser.add_argument("--memory", default="20000,1000000", help="token counts for the memory run ('' skips it)")
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--memory-run", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--cache-hit", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--blast", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -285,75 +348,105 @@ def main() -> None:
     if args.memory_run:
         print(json.dumps(memory_run(args.url, args.memory_run, args.concurrency)))
         return
+    if args.cache_hit:
+        print(json.dumps(cache_hit_run(args.url)))
+        return
+    if args.blast:
+        from _nginx import blast
+
+        print(json.dumps({"requests_per_s": blast(args.blast)}))
+        return
 
     contenders = [c for c in args.contenders.split(",") if c]
-    with tempfile.TemporaryDirectory() as tmp:
-        port_file = os.path.join(tmp, "port")
-        server = subprocess.Popen([sys.executable, str(HERE / "server.py"), port_file])
-        try:
-            while not os.path.exists(port_file):
-                time.sleep(0.05)
-            url = f"http://127.0.0.1:{Path(port_file).read_text()}"
-            runs: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}
-            for round_no in range(args.rounds):
-                order = contenders[round_no % len(contenders) :] + contenders[: round_no % len(contenders)]
-                for name in order:
-                    server_cpu = cpu_seconds_of(server.pid)
-                    started = time.perf_counter()
-                    common = ["--url", url, "--tokens", str(args.tokens), "--concurrency", str(args.concurrency)]
-                    result = child(["--run", name, *common])
-                    result["server_cpu_share"] = (cpu_seconds_of(server.pid) - server_cpu) / (
-                        time.perf_counter() - started
-                    )
-                    runs[name].append(result)
-                    print(
-                        f"round {round_no + 1}: {name:<20} {result['requests_per_s']:>9,.0f} req/s "
-                        f"(server CPU {result['server_cpu_share']:.0%})",
-                        file=sys.stderr,
-                    )
-            memory = [
-                child(["--memory-run", n, "--url", url, "--concurrency", str(args.concurrency)])
-                for n in args.memory.split(",")
-                if n
-            ]
-        finally:
-            server.terminate()
-            server.wait()
+    unknown = set(contenders) - set(RUNNERS)
+    if unknown:
+        parser.error(f"unknown contenders: {', '.join(sorted(unknown))} (known: {', '.join(RUNNERS)})")
+    load = os.getloadavg()[0]
+    notes: list[str] = []
+    with Server() as server:
+        if server.fallback:
+            warning = (
+                f"*** {server.fallback}: FALLING BACK to benchmarks/server.py, a Python server in the same "
+                "two cores. Its figures compress the gap between the contenders: install nginx for real ones. ***"
+            )
+            print(warning, file=sys.stderr)
+            notes.append(warning)
+        served = capacity(server) if server.kind == "nginx" else None
+        runs: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}
+        cache_hits: list[float] = []
+        for round_no in range(args.rounds):
+            order = contenders[round_no % len(contenders) :] + contenders[: round_no % len(contenders)]
+            for name in order:
+                before, started = server.cpu_seconds(), time.perf_counter()
+                common = ["--url", server.url, "--tokens", str(args.tokens), "--concurrency", str(args.concurrency)]
+                result = child(["--run", name, *common])
+                result["server_cpu_share"] = (server.cpu_seconds() - before) / (time.perf_counter() - started)
+                runs[name].append(result)
+                print(
+                    f"round {round_no + 1}: {name:<30} {result['requests_per_s']:>9,.0f} req/s "
+                    f"{result['cpu_us_per_request']:6.1f} µs CPU/req (server CPU {result['server_cpu_share']:.0%})",
+                    file=sys.stderr,
+                )
+            cache_hits.append(child(["--cache-hit", "--url", server.url])["cache_hit_us"])
+        memory = [
+            child(["--memory-run", n, "--url", server.url, "--concurrency", str(args.concurrency)])
+            for n in args.memory.split(",")
+            if n
+        ]
 
-    rows = []
-    for name in contenders:
-        metrics = {
-            key: statistics.median(r[key] for r in runs[name])
-            for key in runs[name][0]
-            if isinstance(runs[name][0][key], int | float)
-        }
-        rows.append({"contender": name, **metrics})
-    raw = next((r for r in rows if r["contender"] == "raw_aiohttp"), rows[0])
-    for r in rows:
-        r["throughput_ratio"] = r["requests_per_s"] / raw["requests_per_s"]
-        r["cpu_overhead_us"] = r["cpu_us_per_request"] - raw["cpu_us_per_request"]
-        r["p99_ratio"] = r["p99_ms"] / raw["p99_ms"]
+    rows = summarize(runs)
+    text = table(rows, runs)
+    fastest = max(r["requests_per_s"] for rs in runs.values() for r in rs)
+    if served is not None:
+        headroom = served["requests_per_s"] / fastest
+        text += (
+            f"\n\nServer: nginx, one process. A pipelined blast from another process got "
+            f"{served['requests_per_s']:,.0f} req/s from it (at {served['cpu_share']:.0%} of a core): "
+            f"{headroom:.1f}× the fastest contender's {fastest:,.0f} req/s."
+        )
+        if headroom < MIN_HEADROOM:
+            warning = (
+                f"*** the server served less than {MIN_HEADROOM:g}× the fastest contender: it may be measured too ***"
+            )
+            print(warning, file=sys.stderr)
+            notes.append(warning)
+    worst = max(r["server_cpu_share"] for rs in runs.values() for r in rs)
+    text += f" During the contenders' runs it used at most {worst:.0%} of a core."
+    text += f"\n\nAn introspection cache hit: {spread(cache_hits, '.2f')} µs."
+    if memory:
+        text += "\n\nPeak RSS of `introspect_many` over a generator: " + ", ".join(
+            f"{m['tokens']:,} tokens → {m['peak_rss_mb']:.1f} MB" for m in memory
+        )
+        if len(memory) >= 2:
+            text += f" (growth {memory[-1]['peak_rss_mb'] - memory[0]['peak_rss_mb']:+.1f} MB)"
+        text += "."
+    text += (
+        "\n\n× baseline: requests/s over the baseline's in the same round. By CPU: the baseline's CPU time a "
+        "request over the contender's, the throughput ratio when each has a core to itself (wall-clock ratios "
+        "also move with whatever else the machine runs)."
+        f"\n\n{args.tokens:,} tokens at concurrency {args.concurrency}, {args.rounds} rounds (median, range); "
+        f"Python {sys.version.split()[0]}, JSON: {JSON_LIBRARY}; load average {load:.2f} at the start."
+    )
+    if notes:
+        text = "\n\n".join(notes) + "\n\n" + text
     report = {
         "tokens": args.tokens,
         "concurrency": args.concurrency,
         "rounds": args.rounds,
         "python": sys.version.split()[0],
+        "json": JSON_LIBRARY,
+        "server": server.kind,
+        "server_capacity": served,
+        "load_average": load,
         "results": rows,
         "runs": runs,
+        "cache_hit_us": cache_hits,
         "memory": memory,
+        "notes": notes,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(report, indent=2))
-    text = table(rows)
-    if len(memory) >= 2:
-        growth = memory[-1]["peak_rss_mb"] - memory[0]["peak_rss_mb"]
-        text += "\n\nMemory (introspect_many, generator input): " + ", ".join(
-            f"{m['tokens']:,} tokens → {m['peak_rss_mb']:.1f} MB peak RSS" for m in memory
-        )
-        text += f"; growth {growth:+.1f} MB"
-    server_share = max(r["server_cpu_share"] for rs in runs.values() for r in rs)
-    text += f"\n\nServer process CPU share, worst run: {server_share:.0%} of one core (below 100%: not the bottleneck)."
     (out / "bench.md").write_text(text + "\n")
     print(text)
 

@@ -21,7 +21,7 @@ import heapq
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Literal, Self, TypeAlias
+from typing import Any, Final, Literal, Self, TypeAlias
 
 import attrs
 
@@ -90,6 +90,7 @@ Check = Callable[[str], Awaitable[AccessTokenDetails]]
 # about 2 s of a 2,000/s limit, enough to ride out a Retry-After of 1 s at full rate).
 REQUEUE_WINDOW = 64
 
+_END: Final = object()  # what `next` and `anext` hand back at the end of the source
 _LIVE: set[asyncio.Task[None]] = set()  # asyncio keeps tasks weakly: a dropped batch's tasks live on here
 
 
@@ -163,10 +164,16 @@ class BatchResults:
     async def _iterate(self) -> AsyncIterator[IntrospectionResult]:
         try:
             while True:
-                try:
-                    result = await self.__anext__()
-                except StopAsyncIteration:
-                    return
+                # A result already in is yielded at once (the usual case once the batch runs): only a wait
+                # goes through __anext__, a coroutine more per result.
+                result = self._take_ready() if self._loop is not None and not self._closed else None
+                if result is None:
+                    try:
+                        result = await self.__anext__()
+                    except StopAsyncIteration:
+                        return
+                else:
+                    self._release(result.index)
                 yield result
         finally:
             await self.aclose()
@@ -285,6 +292,8 @@ class BatchResults:
 
     async def _read(self) -> None:
         """The one task that draws from the source: waits for room, then hands each token to a worker."""
+        queue, idle, sync, source = self._queue, self._idle, self._sync_source, self._async_source
+        token: Any  # a str, unless the source yields something else (then that token's check says so)
         try:
             while True:
                 while not self._has_room():
@@ -293,15 +302,20 @@ class BatchResults:
                     await room.wait()
                 self._held += 1
                 try:
-                    item = self._next_sync() if self._sync_source is not None else await self._next_async()
+                    if sync is not None:
+                        token = next(sync, _END)
+                    else:
+                        assert source is not None
+                        token = await anext(source, _END)
                 except Exception as exc:  # noqa: BLE001 - the source broke: finish what was read, then raise it
                     self._source_error = exc
-                    item = None
-                if item is None:
+                    token = _END
+                if token is _END:
                     self._held -= 1
                     return
-                self._queue.append(item)
-                if not self._wake_idle() and self._workers < self._concurrency:
+                queue.append((self._next_index, token))
+                self._next_index += 1
+                if (not idle or not self._wake_idle()) and self._workers < self._concurrency:
                     # No worker is free for this token: grow the pool by one, never beyond the tokens.
                     assert self._loop is not None
                     self._workers += 1
@@ -310,26 +324,6 @@ class BatchResults:
             self._exhausted = True
             self._wake_idle(everyone=True)
             self._wake()
-
-    def _next_sync(self) -> tuple[int, str] | None:
-        assert self._sync_source is not None
-        try:
-            token = next(self._sync_source)
-        except StopIteration:
-            return None
-        index = self._next_index
-        self._next_index += 1
-        return index, token
-
-    async def _next_async(self) -> tuple[int, str] | None:
-        assert self._async_source is not None
-        try:
-            token = await anext(self._async_source)
-        except StopAsyncIteration:
-            return None
-        index = self._next_index
-        self._next_index += 1
-        return index, token
 
     async def _take(self) -> tuple[int, str] | None:
         """A requeued token that is due, else the next one read; None once both are done."""
@@ -354,41 +348,45 @@ class BatchResults:
                     timer.cancel()
 
     async def _work(self) -> None:
-        assert self._loop is not None
+        # One loop per worker, with the usual case inline: the next token read (no throttled token is
+        # waiting), checked, and its result handed over. Every call here is a cost per token.
+        queue, requeued, check = self._queue, self._requeued, self._check
+        ordered, pending, ready = self._ordered, self._pending, self._ready
+        result: IntrospectionResult
         try:
-            while (item := await self._take()) is not None:
-                index, token = item
-                result = await self._check_one(index, token)
-                if result is None:
-                    continue  # requeued
-                if self._ordered:
-                    self._pending[index] = result
-                    if index == self._next_to_yield:
-                        self._wake()
+            while True:
+                if queue and not requeued:
+                    index, token = queue.popleft()
+                elif (item := await self._take()) is not None:
+                    index, token = item
                 else:
-                    self._ready.append(result)
-                    self._wake()
+                    return
+                try:
+                    details = await check(token)
+                except SessionClosedError:
+                    raise  # about the whole batch, not this token
+                except RateLimitError as exc:  # flow control: the token goes again when its turn comes
+                    if self._requeue(index, token, exc):
+                        continue
+                    result = IntrospectionFailed(index, exc, _shown(token))
+                except MoneyKitError as exc:  # this token's own outcome: expired, unauthorized, invalid, transport...
+                    result = IntrospectionFailed(index, exc, _shown(token))
+                else:  # `check` accepted the token, so it is a str
+                    if details.disabled_at is not None and details.is_disabled():
+                        result = IntrospectionFailed(index, ClientDisabledError(details.disabled_at), token, details)
+                    else:
+                        result = IntrospectionOk(index, details, token)
+                if ordered:
+                    pending[index] = result
+                    if index != self._next_to_yield:
+                        continue  # the consumer waits for an earlier one
+                else:
+                    ready.append(result)
+                self._wake()
         except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it: the batch ends
             if self._failure is None:
                 self._failure = exc
             self._wake()
-
-    async def _check_one(self, index: int, token: object) -> IntrospectionResult | None:
-        """The token's result, or None when it was requeued (throttled: a 429 is flow control)."""
-        text = token if isinstance(token, str) else repr(type(token))
-        try:
-            details = await self._check(token)  # type: ignore[arg-type]
-        except SessionClosedError:
-            raise  # about the whole batch, not this token
-        except RateLimitError as exc:
-            if self._requeue(index, token, exc):
-                return None
-            return IntrospectionFailed(index, exc, text)
-        except MoneyKitError as exc:  # this token's own outcome: expired, unauthorized, invalid, transport...
-            return IntrospectionFailed(index, exc, text)
-        if details.disabled_at is not None and details.is_disabled():
-            return IntrospectionFailed(index, ClientDisabledError(details.disabled_at), text, details)
-        return IntrospectionOk(index, details, text)
 
     def _requeue(self, index: int, token: object, error: RateLimitError) -> bool:
         """Send the token again when `requeue_delay` says; False when it must fail instead."""
@@ -402,6 +400,11 @@ class BatchResults:
         if self._room is not None:
             self._room.set()  # the window just widened
         return True
+
+
+def _shown(token: object) -> str:
+    """What a result keeps of its token: the token, or for an item that is not a str, its type."""
+    return token if isinstance(token, str) else repr(type(token))
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:

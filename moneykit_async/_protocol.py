@@ -21,7 +21,7 @@ import attrs
 import cattrs
 
 from ._config import API_VERSION
-from ._converters import make_converter
+from ._converters import make_converter, usual_details
 from ._errors import (
     ConfigurationError,
     InvalidInputError,
@@ -217,8 +217,8 @@ def _raise_for_error(status: int, headers: Mapping[str, str], body: bytes) -> No
     raise api_error_from_response(status, decoded, request_id=request_id_of(headers), retry_after=retry_after)
 
 
-def _decode_object(what: str, status: int, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
-    data = _decode_json(body)
+def _object_of(what: str, status: int, headers: Mapping[str, str], body: bytes, data: object) -> dict[str, Any]:
+    """`data`, the decoded `body`, if it is a JSON object; else the ResponseValidationError that says what it is."""
     if data is _NOT_JSON:
         raise ResponseValidationError(
             f"MoneyKit answered {what} with HTTP {status} but a body that is not JSON "
@@ -246,24 +246,58 @@ def _validation_error(what: str, status: int, headers: Mapping[str, str], exc: E
     )
 
 
-def _parse_model(what: str, structure: Callable[[Any, type], Any], cls: type[_T]) -> Parser[_T]:
+def _parse_model(
+    what: str,
+    structure: Callable[[Any, type], Any],
+    cls: type[_T],
+    usual: Callable[[dict[str, Any]], _T | None] | None = None,
+) -> Parser[_T]:
     """The parser of an endpoint that answers one JSON object: an error status becomes its MoneyKitError,
-    a body that is not the model a ResponseValidationError naming the field's path."""
+    a body that is not the model a ResponseValidationError naming the field's path. `usual` reads the
+    answer as MoneyKit usually sends it in one pass (None for anything else), and is tried first."""
 
     def parse(status: int, headers: Mapping[str, str], body: bytes) -> _T:
-        _raise_for_error(status, headers, body)
-        data = _decode_object(what, status, headers, body)
+        if not 200 <= status < 300:
+            _raise_for_error(status, headers, body)
+        data = _decode_json(body)
+        if usual is not None and type(data) is dict and (model := usual(data)) is not None:
+            return model
+        data = _object_of(what, status, headers, body, data)
         try:
-            model: _T = structure(data, cls)
+            checked: _T = structure(data, cls)
         except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
             raise _validation_error(what, status, headers, exc) from exc
-        return model
+        return checked
 
     return parse
 
 
 # `GET /auth/introspect` answers → AccessTokenDetails; `GET /.well-known/jwks.json` answers → JsonWebKeySet.
-parse_introspection: Final = _parse_model("GET /auth/introspect", _structure_details, AccessTokenDetails)
+_parse_details: Final = _parse_model("GET /auth/introspect", _structure_details, AccessTokenDetails, usual_details)
+
+# Introspection answers seen lately, and their details. An answer describes the token's client (its id,
+# app and scope), not the token, so every token of one client is answered with the same bytes, and the
+# same bytes always parse to the same details (immutable, so they can be shared): a batch decodes each
+# client's answer once, not once per token. Bounded in entries and in the size of a body kept.
+_SEEN_ENTRIES: Final = 256
+_SEEN_BODY_BYTES: Final = 4096
+_seen: dict[bytes, AccessTokenDetails] = {}
+
+
+def parse_introspection(status: int, headers: Mapping[str, str], body: bytes) -> AccessTokenDetails:
+    """Turn a `GET /auth/introspect` answer into AccessTokenDetails, or raise the matching error."""
+    if status != 200 or type(body) is not bytes:
+        return _parse_details(status, headers, body)
+    details = _seen.get(body)
+    if details is None:
+        details = _parse_details(status, headers, body)
+        if len(body) <= _SEEN_BODY_BYTES:
+            if len(_seen) >= _SEEN_ENTRIES:
+                _seen.clear()
+            _seen[body] = details
+    return details
+
+
 parse_jwks: Final = _parse_model("GET /.well-known/jwks.json", _structure_jwks, JsonWebKeySet)
 
 
@@ -279,7 +313,7 @@ JWKS: Final = Endpoint("GET", ".well-known/jwks.json", parse_jwks)
 def parse_token(status: int, headers: Mapping[str, str], body: bytes, *, obtained_at: float) -> AccessToken:
     """Turn a `POST /auth/token` answer (201, or 200) into an AccessToken, or raise the matching error."""
     _raise_for_error(status, headers, body)
-    data = _decode_object("POST /auth/token", status, headers, body)
+    data = _object_of("POST /auth/token", status, headers, body, _decode_json(body))
     wire: dict[str, Any] = {key: data[key] for key in ("access_token", "token_type", "expires_in") if key in data}
     wire["obtained_at"] = obtained_at
     try:

@@ -407,8 +407,17 @@ class MoneyKitSession:
         )
         return await deadline.bound(load)
 
-    async def _introspect_paced(self, token: str) -> AccessTokenDetails:
-        """`introspect(token)` for a batch: a 429 is raised at once (the batch requeues the token)."""
+    def _introspect_paced(self, token: str) -> Awaitable[AccessTokenDetails]:
+        """`introspect(token)` for a batch: a 429 is raised at once (the batch requeues the token). Without
+        a cache or a pause so far, a plain function handing back the pipeline's coroutine, as `_request`
+        does: a batch awaits one frame less for each token."""
+        if self._cache is None and not self._pipeline.paused_until:
+            given = check_token(token)
+            return self._request(INTROSPECT, bearer=given, deadline=self._deadline(INTROSPECT.label), flow=True)
+        return self._introspect_waiting(token)
+
+    async def _introspect_waiting(self, token: str) -> AccessTokenDetails:
+        """`_introspect_paced` through the cache, or after waiting out a session pause."""
         pipeline = self._pipeline
         if pipeline.paused_until:
             await pipeline.until_unpaused()  # the token's deadline starts once it may be sent

@@ -158,11 +158,14 @@ class AiohttpTransport:
             else aiohttp.ClientTimeout(total=limit, sock_connect=self._connect, ceil_threshold=math.inf)
         )
         try:
-            async with client.request(method, url, headers=headers, data=form, timeout=limits, **self._options) as resp:
-                answered = resp.headers
-                length = resp.content_length
-                if length is not None and length <= self._cap and "Content-Encoding" not in answered:
-                    return resp.status, answered, await resp.read()  # the usual answer: bounded by its length
+            # Awaited, not `async with`: the usual answer is read whole by read(), which gives the connection
+            # back (or closes it if the read fails), so the context manager's two exits would only repeat it.
+            resp = await client.request(method, url, headers=headers, data=form, timeout=limits, **self._options)
+            answered = resp.headers
+            length = resp.content_length
+            if length is not None and length <= self._cap and "Content-Encoding" not in answered:
+                return resp.status, answered, await resp.read()  # the usual answer: bounded by its length
+            async with resp:  # anything else may stop before its end: the connection is released (or closed)
                 return resp.status, answered, await self._read_body(resp, f"{method} {url.path}")
         except (aiohttp.ClientError, TimeoutError, RuntimeError) as exc:
             error = self._map_error(exc, client, f"{method} {url.path}", url, limit)

@@ -64,6 +64,11 @@ class Progress:
 
                 self._bar = tqdm(file=stream, unit=" tokens", dynamic_ncols=True, leave=False)
 
+    @property
+    def enabled(self) -> bool:
+        """Whether there is a line to draw (stderr is a terminal): without one, `update` needs no figures."""
+        return self._enabled
+
     def read(self, found: int, done: bool) -> None:
         """The reader's news (see read_tokens): tokens found so far, and whether that is all of them."""
         self._found, self._done = found, done
@@ -177,6 +182,7 @@ async def run_check(
     outcomes: Counter[str] = Counter()
     progress = Progress(err, total_bytes)
     checked = 0
+    drawing = progress.enabled  # else the send rate is not looked up for every token
     try:
         tokens = read_tokens(source, places, progress.read, close=close)
         async for result in mk.introspect_many(tokens, concurrency=concurrency, throttle_timeout=throttle_timeout):
@@ -184,7 +190,8 @@ async def run_check(
             place = places.popleft()
             outcomes[outcome_of(result.error)] += 1
             out.write(json_line(result_json(place.line, result)))
-            progress.update(checked, place.end, mk.send_rate, mk.throttled)
+            if drawing:
+                progress.update(checked, place.end, mk.send_rate, mk.throttled)
     finally:
         progress.close()
     return outcomes

@@ -112,6 +112,17 @@ def test_is_disabled_compares_with_now_or_a_given_moment() -> None:
     assert past.is_disabled(at=datetime(2021, 1, 1, tzinfo=timezone(timedelta(hours=-5))))
 
 
+def test_the_same_answer_is_decoded_once_and_its_details_shared() -> None:
+    # Every token of one client is answered with the same bytes: a batch decodes them once, not per token.
+    body = json.dumps({**DOC_EXAMPLE, "client_id": "live_one_answer"}).encode()
+    first = parse_introspection(200, JSON_HEADERS, body)
+    assert parse_introspection(200, JSON_HEADERS, bytes(bytearray(body))) is first  # equal bytes, another object
+    other = parse_introspection(200, JSON_HEADERS, json.dumps({**DOC_EXAMPLE, "client_id": "live_other"}).encode())
+    assert other.client_id == "live_other" and first.client_id == "live_one_answer"
+    with pytest.raises(APIError):  # a status other than 200 is never answered from what a 200 said
+        parse_introspection(401, JSON_HEADERS, body)
+
+
 def test_a_missing_client_name_is_none_not_an_error() -> None:
     # MoneyKit marks client_name deprecated: an answer without it is still a valid introspection.
     body = {k: v for k, v in DOC_EXAMPLE.items() if k != "client_name"}
