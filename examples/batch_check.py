@@ -4,7 +4,9 @@ long the file is.
     python examples/batch_check.py tokens.txt     # against MONEYKIT_* (or the sandbox when unset)
     python examples/batch_check.py                # makes a sandbox and a sample file first
 
-(`moneykit-async check tokens.txt` does the same from the shell, with JSON Lines output.)
+It stops at the first token MoneyKit did not answer for (after the session's retries), with a message and
+status 1: the rest would fail the same way. (`moneykit-async check tokens.txt` does the same from the
+shell, with JSON Lines output, and reports every token instead.)
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from moneykit_async import MoneyKitSession
+from moneykit_async import ConfigurationError, MoneyKitError, MoneyKitSession, TransportError
 from moneykit_async.testing import FakeMoneyKit
 
 
@@ -31,14 +33,19 @@ def tokens_in(path: Path) -> Iterator[str]:
 
 async def check_file(mk: MoneyKitSession, path: Path) -> Counter[str]:
     outcomes: Counter[str] = Counter()
-    async for result in mk.introspect_many(tokens_in(path), concurrency=32):
-        outcomes["valid" if result.ok else type(result.error).__name__] += 1
+    async with mk.introspect_many(tokens_in(path), concurrency=32) as results:
+        async for result in results:
+            if isinstance(result.error, TransportError):  # MoneyKit does not answer: checking on is pointless
+                raise result.error
+            outcomes["valid" if result.ok else type(result.error).__name__] += 1
     return outcomes
 
 
 async def main(argv: list[str]) -> None:
     async with contextlib.AsyncExitStack() as stack:
         if os.environ.get("MONEYKIT_BASE_URL") or os.environ.get("MONEYKIT_CLIENT_ID"):
+            if not argv:
+                raise ConfigurationError("MONEYKIT_* is set, so pass a file of its tokens: batch_check.py tokens.txt")
             mk = await stack.enter_async_context(MoneyKitSession())
             path = Path(argv[0])
         else:
@@ -57,4 +64,9 @@ async def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1:]))
+    try:
+        asyncio.run(main(sys.argv[1:]))
+    except MoneyKitError as exc:  # e.g. MoneyKit unreachable: its message says what to check
+        sys.exit(f"batch_check: {type(exc).__name__}: {exc}")
+    except OSError as exc:  # the token file cannot be read
+        sys.exit(f"batch_check: cannot read {exc.filename}: {exc.strerror}")

@@ -1,7 +1,8 @@
 """Quickstart: introspect your own token and another one.
 
 Uses MONEYKIT_CLIENT_ID / MONEYKIT_CLIENT_SECRET (and MONEYKIT_BASE_URL) when they are set;
-otherwise it starts the offline sandbox so it runs anywhere.
+otherwise it starts the offline sandbox so it runs anywhere. When MoneyKit cannot be reached or refuses
+the credentials, it says so (and what to check) and exits with status 1.
 
     python examples/quickstart.py
 """
@@ -11,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 from collections.abc import AsyncIterator
 
-from moneykit_async import AuthenticationError, MoneyKitSession
+from moneykit_async import AuthenticationError, MoneyKitError, MoneyKitSession
 from moneykit_async.testing import FakeMoneyKit
 
 
@@ -50,4 +52,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except MoneyKitError as exc:  # e.g. MoneyKit unreachable, credentials missing or wrong: its message says what to do
+        sys.exit(f"quickstart: {type(exc).__name__}: {exc}")

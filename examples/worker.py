@@ -5,7 +5,8 @@ a clean shutdown on SIGTERM or Ctrl-C.
 
 Each job here introspects a token (standing in for "call MoneyKit on behalf of a user"). The refresher
 asks for the session's own token every few seconds; the session renews it before it expires, so jobs
-never wait on a refresh.
+never wait on a refresh. It gets its first token before it says "worker ready": when MoneyKit cannot
+be reached or refuses the credentials, it says so and exits with status 1 instead of retrying forever.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 
 from moneykit_async import AccessToken, MoneyKitError, MoneyKitSession
 from moneykit_async.testing import FakeMoneyKit
@@ -90,6 +92,9 @@ async def main() -> None:
                     await asyncio.sleep(0.2)
 
             producer = asyncio.create_task(produce())
+        # A worker that cannot get a token at all is misconfigured (or MoneyKit is down): fail now, loudly.
+        # Later failures are transient: the refresher retries them.
+        await mk.get_access_token()
         print("worker ready", flush=True)
         done = await run(mk, jobs, stop, refresh_every=0.5)
         if producer is not None:
@@ -100,4 +105,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except MoneyKitError as exc:  # e.g. MoneyKit unreachable, credentials missing or wrong: its message says what to do
+        sys.exit(f"worker: {type(exc).__name__}: {exc}")

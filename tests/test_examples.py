@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import io
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,9 +27,15 @@ from .helpers import clean_env
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
+def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -223,3 +231,111 @@ def test_metrics_example_turns_events_into_metrics() -> None:
     assert "moneykit_throttled_total 1" in lines
     assert any(line.startswith("moneykit_send_rate ") for line in lines)
     assert "moneykit_token_refreshes_total 1" in lines
+
+
+# -- what each example needs, missing -------------------------------------------------------------
+
+# {down}: a loopback URL nothing listens on; {tokens}: a file of one token.
+DOWN = {"MONEYKIT_BASE_URL": "http://127.0.0.1:{port}"}
+CREDENTIALS = {"MONEYKIT_CLIENT_ID": "some_client", "MONEYKIT_CLIENT_SECRET": "some_secret"}
+CHECK_NETWORK = "check the network and base_url"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("example", "env", "message"),
+    [
+        ("quickstart", {**CREDENTIALS, **DOWN}, f"quickstart: TokenRefreshError: could not obtain*{CHECK_NETWORK}"),
+        (
+            "quickstart",
+            {"MONEYKIT_CLIENT_ID": "some_client"},
+            "quickstart: ConfigurationError: client_secret is missing",
+        ),
+        ("worker", {**CREDENTIALS, **DOWN}, f"worker: TokenRefreshError: could not obtain*{CHECK_NETWORK}"),
+        ("batch_check {tokens}", DOWN, f"batch_check: TransportError: GET /auth/introspect*{CHECK_NETWORK}"),
+        ("batch_check", DOWN, "batch_check: ConfigurationError: MONEYKIT_* is set, so pass a file of its tokens"),
+        (
+            "distributed_check",
+            {"REDIS_URL": "redis://127.0.0.1:{port}/0"},
+            "distributed_check: QueueUnavailableError: cannot use Redis at REDIS_URL*start Redis",
+        ),
+        (
+            "distributed_check",
+            {**DOWN, "TOKENS_FILE": "{tokens}"},
+            f"distributed_check: TransportError: GET /auth/introspect*{CHECK_NETWORK}",
+        ),
+    ],
+)
+def test_an_example_says_what_is_missing(
+    example: str, env: dict[str, str], message: str, unused_port: int, tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("some-token\n")
+    name, *args = example.format(tokens=tokens).split()
+    result = run(f"examples/{name}.py", *args, **{k: v.format(port=unused_port, tokens=tokens) for k, v in env.items()})
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert re.fullmatch(re.escape(message).replace(r"\*", ".*") + ".*", line), line
+    assert "some_secret" not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_distributed_check_without_the_arq_extra_says_how_to_install_it() -> None:
+    code = "import runpy, sys; sys.modules['arq'] = None; runpy.run_path(sys.argv.pop(1), run_name='__main__')"
+    result = run("-c", code, "examples/distributed_check.py")
+    assert result.returncode == 1
+    assert result.stderr == (
+        "distributed_check: moneykit_async.contrib.arq needs the 'arq' extra: pip install 'moneykit-async[arq]'\n"
+    )
+
+
+@pytest.mark.slow
+def test_distributed_check_says_so_when_a_worker_exits_before_it_is_ready() -> None:
+    # A worker that cannot even read its settings exits at once: the wait for it must notice, not spin.
+    code = (
+        "import asyncio, os, runpy, sys\n"
+        "example = runpy.run_path(sys.argv[1])\n"
+        "async def start():\n"
+        "    async with example['arq_workers']({**os.environ, 'MONEYKIT_ARQ_REDIS_URL': 'nonsense://'}, 1):\n"
+        "        pass\n"
+        "asyncio.run(start())\n"
+    )
+    result = run("-c", code, "examples/distributed_check.py")
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1].endswith(
+        "WorkerError: an arq worker exited (status 1) before it was ready: RuntimeError: invalid DSN scheme"
+    )
+
+
+@pytest.mark.slow
+async def test_ctrl_c_stops_distributed_check_and_its_workers(
+    fake: FakeMoneyKit, redis_url: str, tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("".join(fake.mint_token() + "\n" for _ in range(3)))
+    # The example's own check that MoneyKit answers passes; the workers' introspections hang.
+    fake.inject("/auth/introspect", Fault(), *[Fault(delay=600) for _ in range(3)])
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "examples/distributed_check.py"),
+        cwd=ROOT,
+        env=clean_env(REDIS_URL=redis_url, MONEYKIT_BASE_URL=fake.base_url, TOKENS_FILE=str(tokens)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    try:
+        ready = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
+        assert ready.startswith("arq workers ready (pids "), ready
+        await fake.wait_for_requests(2, "/auth/introspect", within=60)  # a worker is on it: the example waits
+        process.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 130
+    assert err.decode() == "distributed_check: interrupted; the workers were stopped\n"
+    for pid in map(int, re.findall(r"\d+", ready.partition("pids ")[2].partition(")")[0])):
+        with pytest.raises(ProcessLookupError):  # stopped and reaped, not left running
+            os.kill(pid, 0)

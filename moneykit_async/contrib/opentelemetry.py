@@ -111,7 +111,7 @@ class MoneyKitTelemetry:
             description="Session-wide pauses MoneyKit asked for (a 503 with Retry-After, or persistent 429s).",
         )
         self._server: dict[str, Any] = {}
-        self._base_url: str | None = None
+        self._origin: str | None = None  # scheme://host[:port] of the session's base URL, for url.full
         self._session: MoneyKitSession | None = None
         self._cache: IntrospectionCache | None = None
         self._remove: Callable[[], None] | None = None  # removes the hook instrument() added
@@ -131,7 +131,8 @@ class MoneyKitTelemetry:
         url = URL(session.base_url)
         self._session = session
         self._cache = cache if cache is not None else session.introspection_cache
-        self._base_url = str(url.with_user(None).with_query(None).with_fragment(None)).rstrip("/")
+        # The origin only: events carry the path as sent, base URL path (a gateway's prefix) included.
+        self._origin = str(url.origin())
         self._server = {"server.address": url.host or "", "server.port": url.port or 443}
         _Observed.of(self._meter).add(self)
 
@@ -178,8 +179,8 @@ class MoneyKitTelemetry:
         if call is None:  # a call that started before this telemetry was added: no span to hang it on
             return
         attributes: dict[str, Any] = {"http.request.method": event.method, "url.template": event.path, **self._server}
-        if self._base_url is not None:
-            attributes["url.full"] = self._base_url + event.path
+        if self._origin is not None:
+            attributes["url.full"] = self._origin + event.path
         if event.attempt > 1:
             attributes["http.request.resend_count"] = event.attempt - 1
         self._attempts[event.call_id] = self._tracer.start_span(

@@ -12,7 +12,10 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -33,6 +36,7 @@ from moneykit_async import (
     ServerError,
     SessionClosedError,
     Timeout,
+    TokenRefreshError,
     TransportError,
     fingerprint,
 )
@@ -197,10 +201,67 @@ async def test_the_sessions_own_token_is_a_call_and_a_refresh(
     # The mint is a call of its own beside the introspection that needed it, both in the handler's trace.
     handler_id = handler.get_span_context().span_id
     assert all(s.parent is not None and s.parent.span_id == handler_id for s in [mint, *calls])
-    assert mint.end_time is not None and all((c.start_time or 0) >= mint.end_time for c in calls)
+    # The token was there before either introspection ended (whether or not a call's span covers its mint).
+    assert mint.end_time is not None and all(mint.end_time <= (c.end_time or 0) for c in calls)
     assert [p.value for p in otel.points("moneykit.client.token.refreshes")] == [1]
     statuses = sorted(p.attributes["http.response.status_code"] for p in otel.points("http.client.request.duration"))
     assert statuses == [200, 201]
+
+
+@pytest.mark.parametrize("path", [INTROSPECT, "/.well-known/jwks.json"])
+async def test_a_call_that_cannot_get_the_sessions_token_has_a_failed_span(
+    fake: FakeMoneyKit, otel: Otel, path: str
+) -> None:
+    """Every failed call has a span with error.type, even one that fails while getting its own token."""
+    async with MoneyKitSession(
+        base_url=fake.base_url,
+        client_id=fake.client_id,
+        client_secret="not-the-secret",
+        retry=RetryPolicy(max_retries=0),
+    ) as mk:
+        otel.instrument(mk)
+        with pytest.raises(TokenRefreshError):
+            await (mk.introspect() if path == INTROSPECT else mk.jwks())
+    mints = otel.spans("MoneyKit POST /auth/token")
+    assert mints and all(m.status.status_code is StatusCode.ERROR for m in mints)
+    (call,) = otel.spans(f"MoneyKit GET {path}")
+    assert call.status.status_code is StatusCode.ERROR and call.attributes is not None
+    assert call.attributes["error.type"] == "TokenRefreshError" and call.attributes["moneykit.attempts"] == 0
+    assert otel.spans(f"GET {path}") == [] and fake.count(path) == 0  # nothing was sent there
+
+
+@pytest.fixture
+async def prefixed(fake: FakeMoneyKit) -> AsyncIterator[tuple[str, list[str]]]:
+    """The fake served under /prefix/, as behind a gateway that routes by path: its base URL, and the URLs
+    it was asked for."""
+    seen: list[str] = []
+
+    async def forward(request: web.Request) -> web.Response:
+        seen.append(str(request.url))
+        headers = {"Authorization": request.headers.get("Authorization", "")}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{fake.base_url}/{request.match_info['tail']}", headers=headers) as answer,
+        ):
+            return web.Response(status=answer.status, body=await answer.read(), content_type=answer.content_type)
+
+    app = web.Application()
+    app.router.add_get("/prefix/{tail:.+}", forward)
+    async with TestServer(app, host="127.0.0.1") as server:
+        yield str(server.make_url("/prefix/")), seen
+
+
+async def test_url_full_is_the_url_sent_when_the_base_url_has_a_path(
+    fake: FakeMoneyKit, otel: Otel, prefixed: tuple[str, list[str]]
+) -> None:
+    base_url, seen = prefixed
+    async with MoneyKitSession(base_url=base_url) as mk:
+        otel.instrument(mk)
+        await mk.introspect(fake.mint_token())
+    (attempt,) = otel.spans("GET /prefix/auth/introspect")
+    assert attempt.attributes is not None
+    assert seen == [base_url + "auth/introspect"]  # the path prefix is sent once...
+    assert attempt.attributes["url.full"] == seen[0]  # ...and url.full is that URL
 
 
 async def test_concurrent_calls_keep_their_attempts_apart(
