@@ -55,6 +55,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subproce
 from yarl import URL
 
 from moneykit_async import (
+    Admission,
     CallFinished,
     CallStarted,
     Event,
@@ -68,7 +69,7 @@ from moneykit_async import (
     __version__,
 )
 
-__all__ = ["MoneyKitTelemetry", "instrument"]
+__all__ = ["MoneyKitTelemetry", "instrument", "instrument_admission"]
 
 SCOPE_NAME = "moneykit_async"
 # The HTTP semantic conventions' advised boundaries for http.client.request.duration.
@@ -239,6 +240,48 @@ def instrument(
     telemetry.bind(session, cache=cache)
     telemetry._remove = session.add_event_hook(telemetry)
     return telemetry
+
+
+def instrument_admission(admission: Admission, *, meter_provider: metrics.MeterProvider | None = None) -> None:
+    """Report `admission.stats` as the observable counter `moneykit.client.admission.tokens`, one point per
+    `moneykit.admission.outcome` (`known`, `unknown`: let through; `refused_shape`, `refused_budget`,
+    `refused_share`, `refused_negative`: refused without a MoneyKit call; `rejected`: MoneyKit refused
+    the token). The web integrations' admission is `app[MONEYKIT_ADMISSION]` (aiohttp) or `auth.admission`
+    (Starlette, FastAPI). Admissions are held weakly: one dropped is no longer observed."""
+    _AdmissionsObserved.of(metrics.get_meter(SCOPE_NAME, __version__, meter_provider)).add(admission)
+
+
+class _AdmissionsObserved:
+    """The admission counter of one meter (created once per meter, as `_Observed`), summed over admissions."""
+
+    meters: ClassVar[weakref.WeakKeyDictionary[metrics.Meter, _AdmissionsObserved]] = weakref.WeakKeyDictionary()
+    OUTCOMES = ("known", "unknown", "refused_shape", "refused_budget", "refused_share", "refused_negative", "rejected")
+
+    def __init__(self, meter: metrics.Meter) -> None:
+        self._admissions: tuple[weakref.ref[Admission], ...] = ()
+        meter.create_observable_counter(
+            "moneykit.client.admission.tokens",
+            callbacks=[self._observe],
+            unit="{token}",
+            description="Tokens the admission let through to MoneyKit, refused without a call, or saw rejected.",
+        )
+
+    @classmethod
+    def of(cls, meter: metrics.Meter) -> _AdmissionsObserved:
+        observed = cls.meters.get(meter)
+        if observed is None:
+            observed = cls.meters[meter] = cls(meter)
+        return observed
+
+    def add(self, admission: Admission) -> None:
+        live = tuple(ref for ref in self._admissions if ref() not in (None, admission))
+        self._admissions = (*live, weakref.ref(admission))
+
+    def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        admissions = [a for ref in self._admissions if (a := ref()) is not None]
+        for outcome in self.OUTCOMES:
+            total = sum(getattr(a.stats, outcome) for a in admissions)
+            yield Observation(total, {"moneykit.admission.outcome": outcome})
 
 
 class _Observed:

@@ -24,10 +24,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from moneykit_async import (
+    Admission,
+    AdmissionPolicy,
     AuthenticationError,
+    CallerOverBudgetError,
     CallFinished,
     Event,
     IntrospectionCache,
+    InvalidInputError,
     MoneyKitSession,
     RequestFinished,
     RequestStarted,
@@ -40,7 +44,7 @@ from moneykit_async import (
     TransportError,
     fingerprint,
 )
-from moneykit_async.contrib.opentelemetry import MoneyKitTelemetry, instrument
+from moneykit_async.contrib.opentelemetry import MoneyKitTelemetry, instrument, instrument_admission
 from moneykit_async.testing import FakeMoneyKit, Fault
 
 from ..helpers import clean_env
@@ -495,3 +499,28 @@ def test_importing_without_the_extra_names_the_extra() -> None:
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("ModuleNotFoundError: ") and "pip install 'moneykit-async[otel]'" in last
+
+
+async def test_the_admissions_counters_are_metrics(fake: FakeMoneyKit, otel: Otel) -> None:
+    async with MoneyKitSession(base_url=fake.base_url) as mk:
+        admission = Admission(mk, AdmissionPolicy(failure_burst=1))
+        instrument_admission(admission, meter_provider=otel.meter_provider)
+        await admission.check(fake.mint_token(), "user")
+        with pytest.raises(AuthenticationError):
+            await admission.check("mk_sandbox_unknown", "attacker")
+        with pytest.raises(CallerOverBudgetError):
+            await admission.check("mk_sandbox_unknown2", "attacker")
+        with pytest.raises(InvalidInputError):
+            await admission.check("not a token", "attacker")
+    counts = {
+        p.attributes["moneykit.admission.outcome"]: p.value for p in otel.points("moneykit.client.admission.tokens")
+    }
+    assert counts == {
+        "known": 0,
+        "unknown": 2,
+        "refused_shape": 1,
+        "refused_budget": 1,
+        "refused_share": 0,
+        "refused_negative": 0,
+        "rejected": 1,
+    }
