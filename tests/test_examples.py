@@ -316,8 +316,13 @@ async def test_ctrl_c_stops_distributed_check_and_its_workers(
     tokens.write_text("".join(fake.mint_token() + "\n" for _ in range(3)))
     # The example's own check that MoneyKit answers passes; the workers' introspections hang.
     fake.inject("/auth/introspect", Fault(), *[Fault(delay=600) for _ in range(3)])
+    # As started from a terminal: a background job (`make test &`, nohup, CI) inherits SIGINT ignored.
+    at_a_terminal = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv = [sys.argv[1]]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
     process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "examples/distributed_check.py"),
+        *(sys.executable, "-c", at_a_terminal, "examples/distributed_check.py"),
         cwd=ROOT,
         env=clean_env(REDIS_URL=redis_url, MONEYKIT_BASE_URL=fake.base_url, TOKENS_FILE=str(tokens)),
         stdout=asyncio.subprocess.PIPE,
